@@ -1,0 +1,3 @@
+//! File formats and file-system helpers shared by every command.
+pub mod atomic;
+pub mod safetensors;

@@ -1,0 +1,12 @@
+//! catlora: Contrastive Adapter Training (CAT) of LoRA adapters for Stable Diffusion, and the
+//! metrics that say how much of the base model's knowledge an adapter keeps.
+//!
+//! Modules follow the domain: `models` (tokenizer, CLIP text encoder, UNet, VAE), `adapters`
+//! (LoRA), `schedulers`, `pipeline` (text to image), `training` (CAT) and `evaluation`.
+pub mod adapters;
+pub mod device;
+pub mod io;
+pub mod models;
+pub mod pipeline;
+pub mod rng;
+pub mod schedulers;

@@ -1,0 +1,215 @@
+//! The building blocks every model here shares: linear and convolution layers (with LoRA
+//! branches), normalisation, activations and attention. Written once, used by CLIP, the UNet and
+//! the VAE.
+use super::weights::Weights;
+use crate::adapters::lora::LoraBranch;
+use anyhow::Result;
+use burn::tensor::activation;
+use burn::tensor::module::{attention, conv2d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::Tensor;
+
+/// Visits every parameter tensor of a model by its diffusers name, so tests and tools can mark
+/// them trainable, read their gradients or perturb them.
+pub trait ParamVisitor {
+    fn visit1(&mut self, name: &str, t: &mut Tensor<1>);
+    fn visit2(&mut self, name: &str, t: &mut Tensor<2>);
+    fn visit4(&mut self, name: &str, t: &mut Tensor<4>);
+}
+
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+}
+
+/// `y = x W + b`, plus the active LoRA branches. The weight is kept as `[in, out]`.
+pub struct Linear {
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub lora: Vec<LoraBranch>,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, prefix: &str, in_f: usize, out_f: usize, bias: bool) -> Result<Self> {
+        let weight = w.linear_weight(&join(prefix, "weight"), out_f, in_f)?;
+        let bias = if bias { Some(w.tensor(&join(prefix, "bias"), [out_f])?) } else { None };
+        Ok(Self { weight, bias, in_features: in_f, out_features: out_f, lora: Vec::new() })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mut y = burn::tensor::module::linear(x.clone(), self.weight.clone(), self.bias.clone());
+        for branch in &self.lora {
+            if let Some(delta) = branch.delta(x.clone()) {
+                y = y + delta;
+            }
+        }
+        y
+    }
+
+    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
+        v.visit2(&join(prefix, "weight"), &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            v.visit1(&join(prefix, "bias"), b);
+        }
+    }
+}
+
+/// A 2-D convolution with PyTorch's weight layout `[out, in, kh, kw]` and symmetric padding.
+/// A 1x1 convolution can carry LoRA branches (SD 1.x's `proj_in` / `proj_out`).
+pub struct Conv2d {
+    pub weight: Tensor<4>,
+    pub bias: Option<Tensor<1>>,
+    pub stride: usize,
+    pub padding: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub lora: Vec<LoraBranch>,
+}
+
+impl Conv2d {
+    pub fn load(w: &Weights, prefix: &str, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+        let weight = w.tensor(&join(prefix, "weight"), [cout, cin, kernel, kernel])?;
+        let bias = Some(w.tensor(&join(prefix, "bias"), [cout])?);
+        Ok(Self { weight, bias, stride, padding, in_channels: cin, out_channels: cout, kernel, lora: Vec::new() })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        let mut y = conv2d(x.clone(), self.weight.clone(), self.bias.clone(), opts);
+        if !self.lora.is_empty() {
+            // A 1x1 convolution is a linear map over channels: apply the branches channels-last.
+            let [b, c, h, wd] = x.dims();
+            let flat = x.permute([0, 2, 3, 1]).reshape([b, h * wd, c]);
+            for branch in &self.lora {
+                if let Some(delta) = branch.delta(flat.clone()) {
+                    let d = delta.reshape([b, h, wd, self.out_channels]).permute([0, 3, 1, 2]);
+                    y = y + d;
+                }
+            }
+        }
+        y
+    }
+
+    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
+        v.visit4(&join(prefix, "weight"), &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            v.visit1(&join(prefix, "bias"), b);
+        }
+    }
+}
+
+/// Group normalisation over `[B, C, H, W]` with a per-channel affine transform.
+pub struct GroupNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(w: &Weights, prefix: &str, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        anyhow::ensure!(
+            channels % groups == 0,
+            "{prefix}: {channels} channels do not divide into {groups} normalisation groups"
+        );
+        Ok(Self {
+            weight: w.tensor(&join(prefix, "weight"), [channels])?,
+            bias: w.tensor(&join(prefix, "bias"), [channels])?,
+            groups,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        group_norm(x, &self.weight, &self.bias, self.groups, self.eps)
+    }
+
+    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
+        v.visit1(&join(prefix, "weight"), &mut self.weight);
+        v.visit1(&join(prefix, "bias"), &mut self.bias);
+    }
+}
+
+/// Group norm from differentiable primitives (mean and biased variance per group).
+pub fn group_norm(x: Tensor<4>, weight: &Tensor<1>, bias: &Tensor<1>, groups: usize, eps: f64) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let g = x.reshape([b, groups, (c / groups) * h * w]);
+    let (var, mean) = g.clone().var_mean_bias(2);
+    let normed = (g - mean).div(var.add_scalar(eps).sqrt()).reshape([b, c, h, w]);
+    normed * weight.clone().reshape([1, c, 1, 1]) + bias.clone().reshape([1, c, 1, 1])
+}
+
+/// Layer normalisation over the last dimension.
+pub struct LayerNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.tensor(&join(prefix, "weight"), [dim])?, bias: w.tensor(&join(prefix, "bias"), [dim])?, eps })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let normed = (x - mean).div(var.add_scalar(self.eps).sqrt());
+        normed * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
+    }
+
+    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
+        v.visit1(&join(prefix, "weight"), &mut self.weight);
+        v.visit1(&join(prefix, "bias"), &mut self.bias);
+    }
+}
+
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation::silu(x)
+}
+
+/// CLIP's `quick_gelu`: `x * sigmoid(1.702 x)`.
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * activation::sigmoid(x.mul_scalar(1.702))
+}
+
+/// Exact (erf) GELU, as PyTorch's default.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation::gelu(x)
+}
+
+/// Multi-head scaled dot-product attention on `[B, N, heads * dim]` inputs.
+pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+    let [b, n, inner] = q.dims();
+    let m = k.dims()[1];
+    let d = inner / heads;
+    let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
+    let (q, k, v) = (split(q, n), split(k, m), split(v, m));
+    let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+    let out = if q.is_autodiff() || k.is_autodiff() || v.is_autodiff() {
+        // Spelled out so that the graph is made of ops whose backward is known to be recorded.
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
+        let scores = if causal { scores + causal_mask(n, m, &scores.device()) } else { scores };
+        activation::softmax(scores, 3).matmul(v)
+    } else {
+        attention(q, k, v, None, None, opts)
+    };
+    out.swap_dims(1, 2).reshape([b, n, inner])
+}
+
+fn causal_mask(n: usize, m: usize, device: &burn::tensor::Device) -> Tensor<4> {
+    let mut v = vec![0f32; n * m];
+    for i in 0..n {
+        for j in (i + 1)..m {
+            v[i * m + j] = f32::NEG_INFINITY;
+        }
+    }
+    Tensor::<2>::from_data(burn::tensor::TensorData::new(v, [n, m]), device).reshape([1, 1, n, m])
+}
+
+/// Nearest-neighbour 2x upsampling, as `F.interpolate(scale_factor=2, mode="nearest")`.
+pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, h * 2, w * 2])
+}

@@ -1,0 +1,103 @@
+//! Loads named weights from the safetensors files of one model folder onto a device, checking
+//! every shape so that a mismatch names the file and tensor instead of failing later in a matmul.
+use crate::io::safetensors::SafeTensorsFile;
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Device, Tensor, TensorData};
+use std::path::{Path, PathBuf};
+
+pub struct Weights {
+    files: Vec<SafeTensorsFile>,
+    device: Device,
+}
+
+impl Weights {
+    /// Opens the weights of a diffusers / transformers component folder: `<stem>.safetensors`,
+    /// else the `<stem>.fp16.safetensors` variant, else a sharded `<stem>.safetensors.index.json`.
+    pub fn open_dir(dir: &Path, stem: &str, device: &Device) -> Result<Self> {
+        let candidates = [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")];
+        for c in &candidates {
+            let p = dir.join(c);
+            if p.is_file() {
+                return Self::open_files(&[p], device);
+            }
+        }
+        let index = dir.join(format!("{stem}.safetensors.index.json"));
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .with_context(|| format!("{}: no `weight_map` object", index.display()))?;
+            let mut shards: Vec<PathBuf> = map.values().filter_map(|s| s.as_str()).map(|s| dir.join(s)).collect();
+            shards.sort();
+            shards.dedup();
+            return Self::open_files(&shards, device);
+        }
+        for bin in [format!("{stem}.bin"), "pytorch_model.bin".to_string()] {
+            if dir.join(&bin).is_file() {
+                bail!(
+                    "{}: only a pickle checkpoint `{bin}` is present; catlora reads safetensors only (convert it first)",
+                    dir.display()
+                );
+            }
+        }
+        bail!("{}: no weights found (looked for {} and {})", dir.display(), candidates[0], candidates[1])
+    }
+
+    pub fn open_files(paths: &[PathBuf], device: &Device) -> Result<Self> {
+        let files = paths.iter().map(|p| SafeTensorsFile::open(p)).collect::<Result<Vec<_>>>()?;
+        Ok(Self { files, device: device.clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn locate(&self, name: &str) -> Option<&SafeTensorsFile> {
+        self.files.iter().find(|f| f.info(name).is_some())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.locate(name).is_some()
+    }
+
+    fn describe(&self) -> String {
+        self.files.iter().map(|f| f.path().display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Raw values and shape of a tensor, checked against `shape`.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let f = self
+            .locate(name)
+            .with_context(|| format!("{}: missing tensor `{name}` (expected shape {shape:?})", self.describe()))?;
+        let (got, values) = f.f32(name)?;
+        if got != shape {
+            bail!("{}: tensor `{name}` has shape {got:?}, expected {shape:?}", f.path().display());
+        }
+        Ok(values)
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let values = self.values(name, &shape)?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
+    }
+
+    /// A `[out, in]` PyTorch linear weight, stored transposed as `[in, out]` for `x @ W`.
+    pub fn linear_weight(&self, name: &str, out_f: usize, in_f: usize) -> Result<Tensor<2>> {
+        let v = self.values(name, &[out_f, in_f])?;
+        Ok(Tensor::from_data(TensorData::new(transpose(&v, out_f, in_f), [in_f, out_f]), &self.device))
+    }
+}
+
+/// Transposes a row-major `[rows, cols]` matrix.
+pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
