@@ -190,7 +190,12 @@ pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usi
     let out = if q.is_autodiff() || k.is_autodiff() || v.is_autodiff() {
         // Spelled out so that the graph is made of ops whose backward is known to be recorded.
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
-        let scores = if causal { scores + causal_mask(n, m, &scores.device()) } else { scores };
+        let scores = if causal {
+            let mask = causal_mask(n, m, &scores.device());
+            scores + mask
+        } else {
+            scores
+        };
         activation::softmax(scores, 3).matmul(v)
     } else {
         attention(q, k, v, None, None, opts)
@@ -212,4 +217,51 @@ fn causal_mask(n: usize, m: usize, device: &burn::tensor::Device) -> Tensor<4> {
 pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, h * 2, w * 2])
+}
+
+/// Multi-head attention with separate q / k / v / out projections. Self-attention when no
+/// context is given, cross-attention otherwise.
+pub struct Attention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub heads: usize,
+    /// The projections' names in the weights file (`to_q`.. `to_out.0` in diffusers,
+    /// `q_proj`.. `out_proj` in CLIP).
+    pub names: [&'static str; 4],
+}
+
+impl Attention {
+    /// The diffusers attention layout: `to_q`, `to_k`, `to_v` (no bias unless `qkv_bias`) and
+    /// `to_out.0` (with bias).
+    pub fn load_diffusers(w: &Weights, prefix: &str, dim: usize, context_dim: usize, heads: usize, qkv_bias: bool) -> Result<Self> {
+        Ok(Self {
+            to_q: Linear::load(w, &join(prefix, "to_q"), dim, dim, qkv_bias)?,
+            to_k: Linear::load(w, &join(prefix, "to_k"), context_dim, dim, qkv_bias)?,
+            to_v: Linear::load(w, &join(prefix, "to_v"), context_dim, dim, qkv_bias)?,
+            to_out: Linear::load(w, &join(prefix, "to_out.0"), dim, dim, true)?,
+            heads,
+            names: ["to_q", "to_k", "to_v", "to_out.0"],
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>, causal: bool) -> Tensor<3> {
+        let ctx = context.unwrap_or_else(|| x.clone());
+        let q = self.to_q.forward(x);
+        let k = self.to_k.forward(ctx.clone());
+        let v = self.to_v.forward(ctx);
+        self.to_out.forward(multi_head_attention(q, k, v, self.heads, causal))
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let [q, k, v, o] = self.names;
+        vec![(q, &mut self.to_q), (k, &mut self.to_k), (v, &mut self.to_v), (o, &mut self.to_out)]
+    }
+
+    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
+        for (name, lin) in self.linears_mut() {
+            lin.visit(&join(prefix, name), v);
+        }
+    }
 }

@@ -1,4 +1,8 @@
 //! The Stable Diffusion components, one file each, and the pieces they share.
+pub mod clip_text;
+pub mod config;
 pub mod layers;
 pub mod tokenizer;
+pub mod unet;
+pub mod vae;
 pub mod weights;

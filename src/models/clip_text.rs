@@ -1,0 +1,152 @@
+//! The CLIP text transformer (transformers' `CLIPTextModel`): token and position embeddings,
+//! pre-norm causal self-attention layers, a final layer norm. Also the text tower of a full
+//! `CLIPModel`, used by the evaluation metrics.
+use super::config::ClipTextConfig;
+use super::layers::{Attention, LayerNorm, Linear, ParamVisitor, gelu, join, quick_gelu};
+use super::weights::Weights;
+use anyhow::Result;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    quick: bool,
+}
+
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: Attention,
+    layer_norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+pub struct ClipTextModel {
+    pub config: ClipTextConfig,
+    /// Key prefix in the weights file: `text_model.` in most files, empty in some.
+    prefix: String,
+    token_embedding: Tensor<2>,
+    position_embedding: Tensor<2>,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+}
+
+impl ClipTextModel {
+    /// Loads the text transformer. `prefix` is where it sits in the file (`text_model` in a
+    /// `CLIPModel`); for a `CLIPTextModel` folder, pass `None` to detect it.
+    pub fn load(w: &Weights, config: &ClipTextConfig, prefix: Option<&str>) -> Result<Self> {
+        let prefix = match prefix {
+            Some(p) => p.to_string(),
+            None if w.has("text_model.embeddings.token_embedding.weight") => "text_model".into(),
+            None => String::new(),
+        };
+        let c = config;
+        let h = c.hidden_size;
+        let p = |s: &str| join(&prefix, s);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let l = p(&format!("encoder.layers.{i}"));
+            layers.push(EncoderLayer {
+                layer_norm1: LayerNorm::load(w, &join(&l, "layer_norm1"), h, c.layer_norm_eps)?,
+                self_attn: Attention {
+                    to_q: Linear::load(w, &join(&l, "self_attn.q_proj"), h, h, true)?,
+                    to_k: Linear::load(w, &join(&l, "self_attn.k_proj"), h, h, true)?,
+                    to_v: Linear::load(w, &join(&l, "self_attn.v_proj"), h, h, true)?,
+                    to_out: Linear::load(w, &join(&l, "self_attn.out_proj"), h, h, true)?,
+                    heads: c.num_attention_heads,
+                    names: ["q_proj", "k_proj", "v_proj", "out_proj"],
+                },
+                layer_norm2: LayerNorm::load(w, &join(&l, "layer_norm2"), h, c.layer_norm_eps)?,
+                mlp: Mlp {
+                    fc1: Linear::load(w, &join(&l, "mlp.fc1"), h, c.intermediate_size, true)?,
+                    fc2: Linear::load(w, &join(&l, "mlp.fc2"), c.intermediate_size, h, true)?,
+                    quick: c.hidden_act == "quick_gelu",
+                },
+            });
+        }
+        Ok(Self {
+            config: c.clone(),
+            token_embedding: w.tensor(&p("embeddings.token_embedding.weight"), [c.vocab_size, h])?,
+            position_embedding: w.tensor(&p("embeddings.position_embedding.weight"), [c.max_position_embeddings, h])?,
+            layers,
+            final_layer_norm: LayerNorm::load(w, &p("final_layer_norm"), h, c.layer_norm_eps)?,
+            prefix,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.token_embedding.device()
+    }
+
+    /// Token ids `[B, N]` as an integer tensor on the model's device.
+    pub fn ids_tensor(&self, ids: &[Vec<u32>]) -> Tensor<2, Int> {
+        let n = ids[0].len();
+        let flat: Vec<i64> = ids.iter().flat_map(|r| r.iter().map(|&i| i as i64)).collect();
+        Tensor::from_data(TensorData::new(flat, [ids.len(), n]), &self.device())
+    }
+
+    /// Hidden states `[B, N, hidden]`. `clip_skip = 1` is the last layer (SD's default);
+    /// `clip_skip = 2` stops one layer earlier, as AUTOMATIC1111's "clip skip" does, and the
+    /// final layer norm is applied in every case.
+    pub fn forward(&self, ids: &[Vec<u32>], clip_skip: usize) -> Tensor<3> {
+        let input = self.ids_tensor(ids);
+        let n = ids[0].len();
+        let x = burn::tensor::module::embedding(self.token_embedding.clone(), input);
+        let pos = self.position_embedding.clone().narrow(0, 0, n).unsqueeze::<3>();
+        let mut x = x + pos;
+        let keep = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());
+        for layer in &self.layers[..keep] {
+            let h = layer.self_attn.forward(layer.layer_norm1.forward(x.clone()), None, true);
+            x = x + h;
+            let h = layer.layer_norm2.forward(x.clone());
+            let h = layer.mlp.fc1.forward(h);
+            let h = if layer.mlp.quick { quick_gelu(h) } else { gelu(h) };
+            x = x + layer.mlp.fc2.forward(h);
+        }
+        self.final_layer_norm.forward(x)
+    }
+
+    /// The pooled output `[B, hidden]`: the final hidden state at each sequence's first
+    /// end-of-text token.
+    pub fn pooled(&self, ids: &[Vec<u32>], hidden: Tensor<3>) -> Tensor<2> {
+        let [b, n, h] = hidden.dims();
+        let rows: Vec<Tensor<2>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let pos = r.iter().position(|&t| t == self.config.eos_token_id).unwrap_or(n - 1);
+                hidden.clone().narrow(0, i, 1).narrow(1, pos, 1).reshape([1, h])
+            })
+            .collect();
+        debug_assert_eq!(rows.len(), b);
+        Tensor::cat(rows, 0)
+    }
+
+    /// Every Linear layer by its module path, for attaching LoRA branches.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let base = join(&"text_model".to_string(), &format!("encoder.layers.{i}"));
+            for (name, lin) in l.self_attn.linears_mut() {
+                out.push((format!("{base}.self_attn.{name}"), lin));
+            }
+            out.push((format!("{base}.mlp.fc1"), &mut l.mlp.fc1));
+            out.push((format!("{base}.mlp.fc2"), &mut l.mlp.fc2));
+        }
+        out
+    }
+
+    pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
+        let p = self.prefix.clone();
+        v.visit2(&join(&p, "embeddings.token_embedding.weight"), &mut self.token_embedding);
+        v.visit2(&join(&p, "embeddings.position_embedding.weight"), &mut self.position_embedding);
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let base = join(&p, &format!("encoder.layers.{i}"));
+            l.layer_norm1.visit(&join(&base, "layer_norm1"), v);
+            l.self_attn.visit(&join(&base, "self_attn"), v);
+            l.layer_norm2.visit(&join(&base, "layer_norm2"), v);
+            l.mlp.fc1.visit(&join(&base, "mlp.fc1"), v);
+            l.mlp.fc2.visit(&join(&base, "mlp.fc2"), v);
+        }
+        self.final_layer_norm.visit(&join(&p, "final_layer_norm"), v);
+    }
+}
