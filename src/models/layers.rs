@@ -191,7 +191,7 @@ pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usi
         // Spelled out so that the graph is made of ops whose backward is known to be recorded.
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
         let scores = if causal {
-            let mask = causal_mask(n, m, &scores.device());
+            let mask = causal_mask(n, m, &scores.device()).cast(scores.dtype());
             scores + mask
         } else {
             scores

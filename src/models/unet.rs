@@ -328,7 +328,8 @@ impl UNet {
                 v.push(0.0);
             }
         }
-        Tensor::from_data(TensorData::new(v, [timesteps.len(), dim]), &self.device())
+        // Follow the weights' precision (f64 in the gradient checks).
+        Tensor::<2>::from_data(TensorData::new(v, [timesteps.len(), dim]), &self.device()).cast(self.conv_in.weight.dtype())
     }
 
     /// Predicts noise (or velocity) for latents `[B, C, H, W]` at one timestep per sample,
