@@ -4,9 +4,12 @@
 //! Modules follow the domain: `models` (tokenizer, CLIP text encoder, UNet, VAE), `adapters`
 //! (LoRA), `schedulers`, `pipeline` (text to image), `training` (CAT) and `evaluation`.
 pub mod adapters;
+pub mod bench;
 pub mod device;
+pub mod evaluation;
 pub mod io;
 pub mod models;
 pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
+pub mod training;

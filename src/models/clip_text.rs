@@ -2,7 +2,7 @@
 //! pre-norm causal self-attention layers, a final layer norm. Also the text tower of a full
 //! `CLIPModel`, used by the evaluation metrics.
 use super::config::ClipTextConfig;
-use super::layers::{Attention, LayerNorm, Linear, ParamVisitor, gelu, join, quick_gelu};
+use super::layers::{Attention, LayerNorm, Linear, LoraTarget, ParamVisitor, gelu, join, quick_gelu};
 use super::weights::Weights;
 use anyhow::Result;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -121,16 +121,17 @@ impl ClipTextModel {
         Tensor::cat(rows, 0)
     }
 
-    /// Every Linear layer by its module path, for attaching LoRA branches.
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+    /// Every Linear layer by its module path as transformers names it (`text_model.encoder...`),
+    /// for attaching LoRA branches.
+    pub fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
-            let base = join(&"text_model".to_string(), &format!("encoder.layers.{i}"));
+            let base = format!("text_model.encoder.layers.{i}");
             for (name, lin) in l.self_attn.linears_mut() {
-                out.push((format!("{base}.self_attn.{name}"), lin));
+                out.push((format!("{base}.self_attn.{name}"), LoraTarget::Linear(lin)));
             }
-            out.push((format!("{base}.mlp.fc1"), &mut l.mlp.fc1));
-            out.push((format!("{base}.mlp.fc2"), &mut l.mlp.fc2));
+            out.push((format!("{base}.mlp.fc1"), LoraTarget::Linear(&mut l.mlp.fc1)));
+            out.push((format!("{base}.mlp.fc2"), LoraTarget::Linear(&mut l.mlp.fc2)));
         }
         out
     }

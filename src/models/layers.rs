@@ -100,6 +100,41 @@ impl Conv2d {
     }
 }
 
+/// A layer that can carry LoRA branches: a Linear, or a 1x1 convolution.
+pub enum LoraTarget<'a> {
+    Linear(&'a mut Linear),
+    Conv(&'a mut Conv2d),
+}
+
+impl LoraTarget<'_> {
+    pub fn branches(&mut self) -> &mut Vec<LoraBranch> {
+        match self {
+            LoraTarget::Linear(l) => &mut l.lora,
+            LoraTarget::Conv(c) => &mut c.lora,
+        }
+    }
+
+    /// `(in_features, out_features)`; `None` for a convolution that is not 1x1.
+    pub fn features(&self) -> Option<(usize, usize)> {
+        match self {
+            LoraTarget::Linear(l) => Some((l.in_features, l.out_features)),
+            LoraTarget::Conv(c) if c.kernel == 1 => Some((c.in_channels, c.out_channels)),
+            LoraTarget::Conv(_) => None,
+        }
+    }
+
+    pub fn is_conv(&self) -> bool {
+        matches!(self, LoraTarget::Conv(_))
+    }
+
+    pub fn device(&self) -> burn::tensor::Device {
+        match self {
+            LoraTarget::Linear(l) => l.weight.device(),
+            LoraTarget::Conv(c) => c.weight.device(),
+        }
+    }
+}
+
 /// Group normalisation over `[B, C, H, W]` with a per-channel affine transform.
 pub struct GroupNorm {
     pub weight: Tensor<1>,

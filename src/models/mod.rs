@@ -1,5 +1,6 @@
 //! The Stable Diffusion components, one file each, and the pieces they share.
 pub mod clip_text;
+pub mod clip_vision;
 pub mod config;
 pub mod layers;
 pub mod tokenizer;

@@ -2,7 +2,7 @@
 //! embedding, down blocks of ResNets and cross-attention transformers, a middle block, and up
 //! blocks fed by the skip connections.
 use super::config::UNetConfig;
-use super::layers::{Attention, Conv2d, GroupNorm, LayerNorm, Linear, ParamVisitor, gelu, join, silu, upsample_nearest_2x};
+use super::layers::{Attention, Conv2d, GroupNorm, LayerNorm, Linear, LoraTarget, ParamVisitor, gelu, join, silu, upsample_nearest_2x};
 use super::weights::Weights;
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -146,22 +146,22 @@ impl Transformer2D {
         out + residual
     }
 
-    fn for_each_linear(&mut self, p: &str, f: &mut dyn FnMut(String, LoraTarget<'_>)) {
+    fn lora_targets<'a>(&'a mut self, p: &str, out: &mut Vec<(String, LoraTarget<'a>)>) {
         for (name, proj) in [("proj_in", &mut self.proj_in), ("proj_out", &mut self.proj_out)] {
             match proj {
-                Proj::Conv(c) => f(join(p, name), LoraTarget::Conv(c)),
-                Proj::Linear(l) => f(join(p, name), LoraTarget::Linear(l)),
+                Proj::Conv(c) => out.push((join(p, name), LoraTarget::Conv(c))),
+                Proj::Linear(l) => out.push((join(p, name), LoraTarget::Linear(l))),
             }
         }
         for (d, blk) in self.blocks.iter_mut().enumerate() {
             let b = join(p, &format!("transformer_blocks.{d}"));
             for (an, attn) in [("attn1", &mut blk.attn1), ("attn2", &mut blk.attn2)] {
                 for (ln, lin) in attn.linears_mut() {
-                    f(format!("{b}.{an}.{ln}"), LoraTarget::Linear(lin));
+                    out.push((format!("{b}.{an}.{ln}"), LoraTarget::Linear(lin)));
                 }
             }
-            f(format!("{b}.ff.net.0.proj"), LoraTarget::Linear(&mut blk.ff.proj));
-            f(format!("{b}.ff.net.2"), LoraTarget::Linear(&mut blk.ff.out));
+            out.push((format!("{b}.ff.net.0.proj"), LoraTarget::Linear(&mut blk.ff.proj)));
+            out.push((format!("{b}.ff.net.2"), LoraTarget::Linear(&mut blk.ff.out)));
         }
     }
 
@@ -184,12 +184,6 @@ impl Transformer2D {
             blk.ff.out.visit(&join(&b, "ff.net.2"), v);
         }
     }
-}
-
-/// A layer that can carry LoRA branches: a Linear, or a 1x1 convolution.
-pub enum LoraTarget<'a> {
-    Linear(&'a mut Linear),
-    Conv(&'a mut Conv2d),
 }
 
 /// One level of the UNet: ResNets, optional transformers, optional resampler.
@@ -374,19 +368,21 @@ impl UNet {
         self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
     }
 
-    /// Calls `f` with every layer that can take a LoRA branch, by diffusers module path.
-    pub fn for_each_lora_target(&mut self, f: &mut dyn FnMut(String, LoraTarget<'_>)) {
+    /// Every layer that can take a LoRA branch, by diffusers module path.
+    pub fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
+        let mut out = Vec::new();
         for (i, level) in self.down.iter_mut().enumerate() {
             for (j, a) in level.attentions.iter_mut().enumerate() {
-                a.for_each_linear(&format!("down_blocks.{i}.attentions.{j}"), f);
+                a.lora_targets(&format!("down_blocks.{i}.attentions.{j}"), &mut out);
             }
         }
-        self.mid_attention.for_each_linear("mid_block.attentions.0", f);
+        self.mid_attention.lora_targets("mid_block.attentions.0", &mut out);
         for (i, level) in self.up.iter_mut().enumerate() {
             for (j, a) in level.attentions.iter_mut().enumerate() {
-                a.for_each_linear(&format!("up_blocks.{i}.attentions.{j}"), f);
+                a.lora_targets(&format!("up_blocks.{i}.attentions.{j}"), &mut out);
             }
         }
+        out
     }
 
     pub fn visit(&mut self, v: &mut dyn ParamVisitor) {

@@ -5,8 +5,19 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::path::{Path, PathBuf};
 
+#[path = "random_weights.rs"]
+pub mod random_weights;
+use random_weights::RandomWeights;
+
+/// Where the tensors come from: safetensors files, or a seeded random source that answers every
+/// name with the shape asked (so any configuration loads without a checkpoint, for benchmarks).
+enum Source {
+    Files(Vec<SafeTensorsFile>),
+    Random(RandomWeights),
+}
+
 pub struct Weights {
-    files: Vec<SafeTensorsFile>,
+    source: Source,
     device: Device,
 }
 
@@ -48,7 +59,12 @@ impl Weights {
 
     pub fn open_files(paths: &[PathBuf], device: &Device) -> Result<Self> {
         let files = paths.iter().map(|p| SafeTensorsFile::open(p)).collect::<Result<Vec<_>>>()?;
-        Ok(Self { files, device: device.clone() })
+        Ok(Self { source: Source::Files(files), device: device.clone() })
+    }
+
+    /// Seeded random weights for any name and shape the loader asks for (see `random_weights`).
+    pub fn random(seed: u64, device: &Device) -> Self {
+        Self { source: Source::Random(RandomWeights::new(seed)), device: device.clone() }
     }
 
     pub fn device(&self) -> &Device {
@@ -56,19 +72,28 @@ impl Weights {
     }
 
     fn locate(&self, name: &str) -> Option<&SafeTensorsFile> {
-        self.files.iter().find(|f| f.info(name).is_some())
+        match &self.source {
+            Source::Files(files) => files.iter().find(|f| f.info(name).is_some()),
+            Source::Random(_) => None,
+        }
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.locate(name).is_some()
+        matches!(self.source, Source::Random(_)) || self.locate(name).is_some()
     }
 
     fn describe(&self) -> String {
-        self.files.iter().map(|f| f.path().display().to_string()).collect::<Vec<_>>().join(", ")
+        match &self.source {
+            Source::Files(files) => files.iter().map(|f| f.path().display().to_string()).collect::<Vec<_>>().join(", "),
+            Source::Random(r) => format!("random weights (seed {})", r.seed()),
+        }
     }
 
     /// Raw values and shape of a tensor, checked against `shape`.
     pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Source::Random(r) = &self.source {
+            return Ok(r.values(name, shape));
+        }
         let f = self
             .locate(name)
             .with_context(|| format!("{}: missing tensor `{name}` (expected shape {shape:?})", self.describe()))?;

@@ -1,0 +1,114 @@
+//! LoRA files applied to the UNet, and one CAT step's loss terms and gradients, against diffusers
+//! and peft.
+mod common;
+use catlora::adapters::lora::{Targets, attach_file};
+use catlora::adapters::lora_file::{self, LoraFile};
+use catlora::models::clip_text::ClipTextModel;
+use catlora::models::config::{ClipTextConfig, UNetConfig};
+use catlora::models::unet::UNet;
+use catlora::models::weights::{Weights, transpose};
+use catlora::training::objective::{StepInputs, Trainable, cat_gradients};
+use common::*;
+
+fn unet() -> UNet {
+    let dir = fixtures().join("tiny-sd/unet");
+    let cfg = UNetConfig::load(&dir.join("config.json")).unwrap();
+    UNet::load(&Weights::open_dir(&dir, "diffusion_pytorch_model", &device()).unwrap(), &cfg).unwrap()
+}
+
+fn text_encoder() -> ClipTextModel {
+    let dir = fixtures().join("tiny-sd/text_encoder");
+    let cfg = ClipTextConfig::load(&dir.join("config.json")).unwrap();
+    ClipTextModel::load(&Weights::open_dir(&dir, "model", &device()).unwrap(), &cfg, None).unwrap()
+}
+
+fn read_lora(unet: &mut UNet, rel: &str) -> LoraFile {
+    let known = Targets { unet, text_encoder: None }.known_modules();
+    lora_file::read(&fixtures().join(rel), &known).unwrap()
+}
+
+const FORMATS: [&str; 2] = ["lora-kohya/lora.safetensors", "lora-diffusers/pytorch_lora_weights.safetensors"];
+
+#[test]
+fn lora_files_of_both_formats_give_the_reference_unet_output() {
+    let r = reference();
+    let dev = device();
+    for rel in FORMATS {
+        let mut unet = unet();
+        let file = read_lora(&mut unet, rel);
+        attach_file(&mut Targets { unet: &mut unet, text_encoder: None }, &file, 1.0, rel).unwrap();
+        let (_, t) = r.i64("unet_in_timesteps").unwrap();
+        let t: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+        let out = unet.forward(tensor(&r, "unet_in_latents", &dev), &t, &tensor(&r, "text_hidden", &dev));
+        assert_close(&format!("lora_unet_out ({rel})"), &values(out), &r.f32("lora_unet_out").unwrap().1, 1e-4);
+    }
+}
+
+#[test]
+fn lora_that_does_not_fit_is_an_error_naming_the_layer() {
+    let mut unet = unet();
+    let mut file = read_lora(&mut unet, FORMATS[1]);
+    let rank = file.entries[3].rank;
+    file.entries[3].in_features += 1;
+    file.entries[3].down.extend(vec![0.0; rank]);
+    let module = file.entries[3].module.clone();
+    let err = attach_file(&mut Targets { unet: &mut unet, text_encoder: None }, &file, 1.0, "bad.safetensors").unwrap_err().to_string();
+    assert!(err.contains("bad.safetensors") && err.contains(&module), "{err}");
+    // Nothing stays attached after a failed attach.
+    let r = reference();
+    let dev = device();
+    let (_, t) = r.i64("unet_in_timesteps").unwrap();
+    let t: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+    let out = unet.forward(tensor(&r, "unet_in_latents", &dev), &t, &tensor(&r, "text_hidden", &dev));
+    assert_close("unet_out after failed attach", &values(out), &r.f32("unet_out").unwrap().1, 1e-4);
+}
+
+#[test]
+fn one_cat_step_matches_the_reference_losses_and_every_gradient() {
+    let r = reference();
+    let dev = device();
+    let mut unet = unet();
+    let te = text_encoder();
+    let file = read_lora(&mut unet, FORMATS[1]);
+    let mut targets = Targets { unet: &mut unet, text_encoder: None };
+    let adapter = attach_file(&mut targets, &file, 1.0, "fixture").unwrap();
+    let trainable = Trainable::from_adapter(&mut targets, &adapter);
+    let leaves = trainable.install(&mut targets, &dev, true);
+
+    let (_, plain) = r.i64("cat_plain_ids").unwrap();
+    let plain: Vec<u32> = plain.iter().map(|&i| i as u32).collect();
+    let cond_plain = te.forward(&[plain], 1);
+    let hidden = tensor::<3>(&r, "text_hidden", &dev);
+    let (_, t) = r.i64("cat_t").unwrap();
+    let inputs = StepInputs {
+        zt: tensor(&r, "cat_zt", &dev),
+        timesteps: vec![t[0] as f64],
+        target: tensor(&r, "cat_eps", &dev),
+        cond_trigger: hidden.narrow(0, 0, 1),
+        cond_plain: Some(cond_plain),
+        sample_weights: None,
+    };
+    let lambda = r.f32("cat_lambda").unwrap().1[0] as f64;
+    let (terms, grads) = cat_gradients(&unet, &adapter.gate, &leaves, &trainable.names, &inputs, lambda).unwrap();
+    for (name, got) in [("cat_loss_diffusion", terms.diffusion), ("cat_loss_cat", terms.cat), ("cat_loss_total", terms.total)] {
+        let want = r.f32(name).unwrap().1[0] as f64;
+        assert!((got - want).abs() <= 1e-4 * want.abs(), "{name}: {got} vs {want}");
+    }
+
+    let g = catlora::io::safetensors::SafeTensorsFile::open(&fixtures().join("cat-step-grads.safetensors")).unwrap();
+    assert_eq!(g.names().count(), grads.len(), "one reference gradient per adapter tensor");
+    let mut worst = 0f32;
+    for ((name, got), shape) in trainable.names.iter().zip(&grads).zip(&trainable.shapes) {
+        let module = name.strip_prefix("unet.").unwrap();
+        let (key, got) = if let Some(m) = module.strip_suffix(".down") {
+            (format!("grad.{m}.lora_A.weight"), transpose(got, shape[0], shape[1]))
+        } else {
+            (format!("grad.{}.lora_B.weight", module.strip_suffix(".up").unwrap()), transpose(got, shape[0], shape[1]))
+        };
+        let (_, want) = g.f32(&key).unwrap();
+        let e = rel_max_err(&got, &want);
+        assert!(e <= 1e-3, "{key}: relative max error {e:e}");
+        worst = worst.max(e);
+    }
+    eprintln!("{} gradients, worst relative error {worst:e}", grads.len());
+}
