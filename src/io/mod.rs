@@ -1,3 +1,4 @@
 //! File formats and file-system helpers shared by every command.
 pub mod atomic;
+pub mod image;
 pub mod safetensors;

@@ -64,14 +64,14 @@ impl ClipVisionConfig {
         if self.hidden_act != "quick_gelu" && self.hidden_act != "gelu" {
             bail!("vision_config.hidden_act `{}` is not supported (quick_gelu, gelu)", self.hidden_act);
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size,
                 self.num_attention_heads
             );
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             bail!("vision_config.image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size);
         }
         Ok(())

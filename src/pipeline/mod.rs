@@ -1,1 +1,3 @@
-//! Text-to-image generation.
+//! Text-to-image generation: loading a pipeline folder and running the sampler loop.
+pub mod model;
+pub mod txt2img;
