@@ -80,13 +80,16 @@ fn one_cat_step_matches_the_reference_losses_and_every_gradient() {
     let cond_plain = te.forward(&[plain], 1);
     let hidden = tensor::<3>(&r, "text_hidden", &dev);
     let (_, t) = r.i64("cat_t").unwrap();
+    let cond_trigger = hidden.narrow(0, 0, 1);
+    let (ct, cp) = (|| cond_trigger.clone(), || cond_plain.clone());
     let inputs = StepInputs {
         zt: tensor(&r, "cat_zt", &dev),
         timesteps: vec![t[0] as f64],
         target: tensor(&r, "cat_eps", &dev),
-        cond_trigger: hidden.narrow(0, 0, 1),
-        cond_plain: Some(cond_plain),
+        cond_trigger: &ct,
+        cond_plain: Some(&cp),
         sample_weights: None,
+        prior: None,
     };
     let lambda = r.f32("cat_lambda").unwrap().1[0] as f64;
     let (terms, grads) = cat_gradients(&unet, &adapter.gate, &leaves, &trainable.names, &inputs, lambda).unwrap();

@@ -61,23 +61,39 @@ impl Trainable {
     }
 }
 
+/// Text conditioning, computed when a pass needs it: a cached tensor, or the text encoder run
+/// again when it carries trainable branches (each backward pass consumes its graph).
+pub type Cond<'a> = &'a dyn Fn() -> Tensor<3>;
+
 /// One step's inputs, shared by all terms.
-pub struct StepInputs {
+pub struct StepInputs<'a> {
     pub zt: Tensor<4>,
     pub timesteps: Vec<f64>,
     /// ε, or the velocity for v-prediction models.
     pub target: Tensor<4>,
-    pub cond_trigger: Tensor<3>,
+    pub cond_trigger: Cond<'a>,
     /// The trigger-less captions' encodings (needed when λ > 0).
-    pub cond_plain: Option<Tensor<3>>,
+    pub cond_plain: Option<Cond<'a>>,
     /// Per-sample weights of the diffusion term (min-SNR); `None` is a plain mean.
     pub sample_weights: Option<Vec<f32>>,
+    /// DreamBooth's prior-preservation term on class images.
+    pub prior: Option<PriorTerm<'a>>,
+}
+
+/// `weight · mse(ε_θ'(z_t^c, t_c, τ(class prompt)), ε_c)` on a class image.
+pub struct PriorTerm<'a> {
+    pub zt: Tensor<4>,
+    pub timesteps: Vec<f64>,
+    pub target: Tensor<4>,
+    pub cond: Cond<'a>,
+    pub weight: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossTerms {
     pub diffusion: f64,
     pub cat: f64,
+    pub prior: f64,
     pub total: f64,
 }
 
@@ -99,23 +115,33 @@ fn scalar(t: &Tensor<1>) -> f64 {
     t.to_data().convert::<f64>().as_slice::<f64>().expect("scalar")[0]
 }
 
+fn accumulate(acc: &mut [Vec<f32>], leaves: &[Tensor<2>], grads: &burn::tensor::Gradients) {
+    for (a, l) in acc.iter_mut().zip(leaves) {
+        if let Some(g) = l.grad(grads) {
+            for (x, v) in a.iter_mut().zip(host(&g)) {
+                *x += v;
+            }
+        }
+    }
+}
+
 /// The loss terms and the gradient of the total loss for each leaf (host-side, in leaf order).
 ///
 /// Every leaf must receive a gradient from the first term: one that does not means the graph was
 /// cut somewhere, and that is an error rather than a silent zero.
-pub fn cat_gradients(unet: &UNet, gate: &Gate, leaves: &[Tensor<2>], names: &[String], inp: &StepInputs, lambda: f64) -> Result<(LossTerms, Vec<Vec<f32>>)> {
-    let plain = if lambda != 0.0 { inp.cond_plain.as_ref() } else { None };
+pub fn cat_gradients(unet: &UNet, gate: &Gate, leaves: &[Tensor<2>], names: &[String], inp: &StepInputs<'_>, lambda: f64) -> Result<(LossTerms, Vec<Vec<f32>>)> {
+    let plain = if lambda != 0.0 { inp.cond_plain } else { None };
 
     // The base prediction: the adapter switched off, inputs without autodiff, so no graph.
     let base = plain.map(|c| {
         let w = gate.get();
         gate.set(0.0);
-        let out = unet.forward(inp.zt.clone(), &inp.timesteps, c);
+        let out = unet.forward(inp.zt.clone(), &inp.timesteps, &c().without_autodiff());
         gate.set(w);
-        out
+        out.without_autodiff()
     });
 
-    let pred = unet.forward(inp.zt.clone(), &inp.timesteps, &inp.cond_trigger);
+    let pred = unet.forward(inp.zt.clone(), &inp.timesteps, &(inp.cond_trigger)());
     let diffusion = mse(pred, inp.target.clone(), inp.sample_weights.as_deref());
     let mut terms = LossTerms { diffusion: scalar(&diffusion), ..Default::default() };
     let grads = diffusion.backward();
@@ -126,23 +152,23 @@ pub fn cat_gradients(unet: &UNet, gate: &Gate, leaves: &[Tensor<2>], names: &[St
             None => bail!("adapter parameter `{name}` received no gradient: the graph is cut"),
         }
     }
+    drop(grads);
 
     if let (Some(c), Some(base)) = (plain, base) {
-        let pred = unet.forward(inp.zt.clone(), &inp.timesteps, c);
+        let pred = unet.forward(inp.zt.clone(), &inp.timesteps, &c());
         let cat = mse(pred, base, None);
         terms.cat = scalar(&cat);
-        let grads = cat.mul_scalar(lambda).backward();
-        for (acc, l) in out.iter_mut().zip(leaves) {
-            if let Some(g) = l.grad(&grads) {
-                for (a, v) in acc.iter_mut().zip(host(&g)) {
-                    *a += v;
-                }
-            }
-        }
+        accumulate(&mut out, leaves, &cat.mul_scalar(lambda).backward());
     }
-    terms.total = terms.diffusion + lambda * terms.cat;
+    if let Some(p) = &inp.prior {
+        let pred = unet.forward(p.zt.clone(), &p.timesteps, &(p.cond)());
+        let prior = mse(pred, p.target.clone(), None);
+        terms.prior = scalar(&prior);
+        accumulate(&mut out, leaves, &prior.mul_scalar(p.weight).backward());
+    }
+    terms.total = terms.diffusion + lambda * terms.cat + inp.prior.as_ref().map_or(0.0, |p| p.weight * terms.prior);
     if !terms.total.is_finite() {
-        bail!("the loss is not finite (diffusion {}, cat {})", terms.diffusion, terms.cat);
+        bail!("the loss is not finite (diffusion {}, cat {}, prior {})", terms.diffusion, terms.cat, terms.prior);
     }
     Ok((terms, out))
 }

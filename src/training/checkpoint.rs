@@ -1,0 +1,63 @@
+//! Training checkpoints: the adapter's parameters, the optimiser's moments, the random state and
+//! the step, in one safetensors file written atomically, so a crash leaves the previous
+//! checkpoint whole and `--resume` continues to the same bytes an uninterrupted run gives.
+use super::adamw::AdamW;
+use super::objective::LossTerms;
+use crate::io::safetensors::{self, OwnedTensor, SafeTensorsFile};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const FILE: &str = "checkpoint.safetensors";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    /// Optimiser steps completed.
+    pub step: usize,
+    pub rng: [u64; 3],
+    pub adam_step: u64,
+    /// The training configuration, serialised; a resumed run must use the same one.
+    pub config: serde_json::Value,
+    pub last: LossTerms,
+}
+
+pub struct Checkpoint {
+    pub state: State,
+    pub names: Vec<String>,
+    pub values: Vec<Vec<f32>>,
+    pub exp_avg: Vec<Vec<f32>>,
+    pub exp_avg_sq: Vec<Vec<f32>>,
+}
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+pub fn save(dir: &Path, state: &State, names: &[String], shapes: &[[usize; 2]], values: &[Vec<f32>], opt: &AdamW) -> Result<()> {
+    let mut t = BTreeMap::new();
+    for (k, name) in names.iter().enumerate() {
+        let shape = shapes[k].to_vec();
+        t.insert(format!("param.{name}"), OwnedTensor { shape: shape.clone(), data: values[k].clone() });
+        t.insert(format!("exp_avg.{name}"), OwnedTensor { shape: shape.clone(), data: opt.exp_avg[k].clone() });
+        t.insert(format!("exp_avg_sq.{name}"), OwnedTensor { shape, data: opt.exp_avg_sq[k].clone() });
+    }
+    let mut md = BTreeMap::new();
+    md.insert("catlora_checkpoint".to_string(), serde_json::to_string(state)?);
+    md.insert("catlora_names".to_string(), serde_json::to_string(names)?);
+    safetensors::write(&path(dir), &t, &md)
+}
+
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let p = path(dir);
+    if !p.is_file() {
+        bail!("{}: no checkpoint to resume from (expected {})", dir.display(), p.display());
+    }
+    let f = SafeTensorsFile::open(&p)?;
+    let state: State = serde_json::from_str(f.metadata().get("catlora_checkpoint").with_context(|| format!("{}: no checkpoint state", p.display()))?)
+        .with_context(|| format!("{}: malformed checkpoint state", p.display()))?;
+    let names: Vec<String> = serde_json::from_str(f.metadata().get("catlora_names").with_context(|| format!("{}: no parameter list", p.display()))?)
+        .with_context(|| format!("{}: malformed parameter list", p.display()))?;
+    let get = |prefix: &str| -> Result<Vec<Vec<f32>>> { names.iter().map(|n| Ok(f.f32(&format!("{prefix}.{n}"))?.1)).collect() };
+    Ok(Checkpoint { values: get("param")?, exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, names, state })
+}
