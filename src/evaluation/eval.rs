@@ -1,0 +1,241 @@
+//! The engine of `catlora eval`: generates, for every prompt with and without the trigger and
+//! for every seed, one image with the base model and one with each adapter (the same initial
+//! noise for all), scores them with CLIP, and writes `results.json` and `report.html`.
+use super::clip::ClipModel;
+use super::metrics;
+use super::report;
+use crate::adapters::lora::{Adapter, attach_file};
+use crate::adapters::lora_file;
+use crate::io::image::{load_rgb, save_png, tensor_to_rgb8};
+use crate::pipeline::model::StableDiffusion;
+use crate::pipeline::txt2img::{GenerateParams, generate, seeded_latents};
+use crate::schedulers::SamplerKind;
+use crate::training::trigger::remove_trigger;
+use anyhow::{Context, Result, bail};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub model: PathBuf,
+    pub clip: PathBuf,
+    pub adapters: Vec<PathBuf>,
+    /// The adapters' training images (identity reference).
+    pub data: PathBuf,
+    pub trigger: String,
+    /// Prompts with the trigger; one without it gets `"<trigger>, "` in front.
+    pub prompts: Vec<String>,
+    pub seeds: usize,
+    pub first_seed: u64,
+    pub steps: usize,
+    pub sampler: SamplerKind,
+    pub cfg: f64,
+    pub resolution: usize,
+    pub out: PathBuf,
+    pub device: String,
+}
+
+/// Reads a prompts file: one prompt a line; blank lines and `#` comments are skipped.
+pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the prompts file {}", path.display()))?;
+    let prompts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    if prompts.is_empty() {
+        bail!("{}: no prompts (one a line)", path.display());
+    }
+    Ok(prompts)
+}
+
+/// The scores of one model (the base model or an adapter).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ModelScores {
+    pub name: String,
+    pub path: Option<String>,
+    /// Trigger-prompt images against the trigger-less prompt's text.
+    pub prompt_similarity: f64,
+    /// Trigger-prompt images against the training images.
+    pub identity_similarity: f64,
+    /// Trigger-less images against the base model's for the same prompt and seed (`None` for the base).
+    pub kps: Option<f64>,
+    /// Trigger-less images of one prompt among themselves, averaged over prompts.
+    pub diversity: f64,
+    /// Extra measures a caller adds (the demo's ground-truth measures).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, f64>,
+}
+
+/// One generated image, by model, prompt, variant and seed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    pub model: String,
+    pub prompt_index: usize,
+    /// `trigger` or `plain`.
+    pub variant: String,
+    pub prompt: String,
+    pub seed: u64,
+    /// Relative to the output folder.
+    pub file: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EvalResults {
+    pub trigger: String,
+    pub prompts: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub steps: usize,
+    pub sampler: String,
+    pub cfg: f64,
+    pub resolution: usize,
+    pub models: Vec<ModelScores>,
+    pub images: Vec<ImageRecord>,
+}
+
+/// The model names used for folders and tables: `base`, then each adapter's file stem
+/// (made unique by position when two share a stem).
+fn model_names(adapters: &[PathBuf]) -> Vec<String> {
+    let mut names = vec!["base".to_string()];
+    for (i, a) in adapters.iter().enumerate() {
+        let stem = a.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("adapter{i}"));
+        let name = if names.contains(&stem) { format!("{stem}-{i}") } else { stem };
+        names.push(name);
+    }
+    names
+}
+
+pub struct Generated {
+    pub results: EvalResults,
+    /// CLIP embeddings of every image, in `results.images` order.
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+/// Generates every image and scores it.
+pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Generated> {
+    if opts.seeds < 2 {
+        bail!("--seeds must be at least 2: diversity compares images of one prompt");
+    }
+    if opts.prompts.is_empty() {
+        bail!("no prompts to evaluate");
+    }
+    let device = crate::device::parse(&opts.device)?;
+    let mut sd = StableDiffusion::load(&opts.model, &device)?;
+    sd.check_size(opts.resolution, opts.resolution)?;
+    let clip = ClipModel::load(&opts.clip, &device)?;
+    let known = sd.targets().known_modules();
+    let mut adapters: Vec<Adapter> = Vec::new();
+    for path in &opts.adapters {
+        let file = lora_file::read(path, &known)?;
+        let a = attach_file(&mut sd.targets(), &file, 0.0, &path.display().to_string())?;
+        adapters.push(a);
+    }
+    let names = model_names(&opts.adapters);
+    let seeds: Vec<u64> = (0..opts.seeds as u64).map(|s| opts.first_seed + s).collect();
+    let prompts: Vec<String> = opts
+        .prompts
+        .iter()
+        .map(|p| if p.split(|c: char| c.is_whitespace() || c == ',').any(|w| w == opts.trigger) { p.clone() } else { format!("{}, {p}", opts.trigger) })
+        .collect();
+
+    let mut images = Vec::new();
+    let total = names.len() * prompts.len() * 2;
+    let mut done = 0;
+    for (m, name) in names.iter().enumerate() {
+        for (k, a) in adapters.iter().enumerate() {
+            a.gate.set(if m == k + 1 { 1.0 } else { 0.0 });
+        }
+        for (pi, prompt) in prompts.iter().enumerate() {
+            for (variant, text) in [("trigger", prompt.clone()), ("plain", remove_trigger(prompt, &opts.trigger))] {
+                done += 1;
+                progress(&format!("[{done}/{total}] {name}: {text}"));
+                let p = GenerateParams {
+                    prompt: text.clone(),
+                    sampler: opts.sampler,
+                    steps: opts.steps,
+                    cfg: opts.cfg,
+                    width: opts.resolution,
+                    height: opts.resolution,
+                    seed: seeds[0],
+                    ..Default::default()
+                };
+                // The same initial noise for every model: seed s gives the same latents everywhere.
+                let latents = Tensor::cat(seeds.iter().map(|&s| seeded_latents(&sd, &p, s)).collect(), 0);
+                let out = generate(&sd, &p, latents, |_, _| {})?;
+                for (rgb, &seed) in tensor_to_rgb8(out).iter().zip(&seeds) {
+                    let file = format!("images/{name}/{variant}/p{pi:02}-s{seed}.png");
+                    let params = format!("{text}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {r}x{r}", opts.steps, opts.sampler, opts.cfg, r = opts.resolution);
+                    save_png(&opts.out.join(&file), rgb, opts.resolution as u32, opts.resolution as u32, &[("parameters", &params)])?;
+                    images.push(ImageRecord { model: name.clone(), prompt_index: pi, variant: variant.into(), prompt: text.clone(), seed, file });
+                }
+            }
+        }
+    }
+
+    progress("scoring with CLIP");
+    let paths: Vec<PathBuf> = images.iter().map(|r| opts.out.join(&r.file)).collect();
+    let embeddings = clip.embed_image_files(&paths)?;
+    let training = clip.embed_image_files(&super::score::list_images(&opts.data)?)?;
+    let plain_texts: Vec<String> = prompts.iter().map(|p| remove_trigger(p, &opts.trigger)).collect();
+    let text_emb = clip.embed_texts(&plain_texts.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let select = |model: &str, variant: &str, prompt: Option<usize>| -> Vec<Vec<f32>> {
+        images
+            .iter()
+            .zip(&embeddings)
+            .filter(|(r, _)| r.model == model && r.variant == variant && prompt.is_none_or(|p| r.prompt_index == p))
+            .map(|(_, e)| e.clone())
+            .collect()
+    };
+    let mut models = Vec::new();
+    for (m, name) in names.iter().enumerate() {
+        let mut ps = 0.0;
+        let mut div = 0.0;
+        for pi in 0..prompts.len() {
+            ps += metrics::prompt_similarity(&text_emb[pi], &select(name, "trigger", Some(pi)))?;
+            div += metrics::diversity(&select(name, "plain", Some(pi)))?;
+        }
+        let n = prompts.len() as f64;
+        models.push(ModelScores {
+            name: name.clone(),
+            path: if m == 0 { None } else { Some(opts.adapters[m - 1].display().to_string()) },
+            prompt_similarity: ps / n,
+            identity_similarity: metrics::identity_similarity(&select(name, "trigger", None), &training)?,
+            kps: if m == 0 { None } else { Some(metrics::kps(&select("base", "plain", None), &select(name, "plain", None))?) },
+            diversity: div / n,
+            extra: Default::default(),
+        });
+    }
+    let results = EvalResults {
+        trigger: opts.trigger.clone(),
+        prompts,
+        seeds,
+        steps: opts.steps,
+        sampler: opts.sampler.to_string(),
+        cfg: opts.cfg,
+        resolution: opts.resolution,
+        models,
+        images,
+    };
+    Ok(Generated { results, embeddings })
+}
+
+/// Writes `results.json` and `report.html` into the output folder (both atomically).
+pub fn write_outputs(out: &Path, results: &EvalResults, adapters: &[PathBuf], title: &str) -> Result<()> {
+    crate::io::atomic::write(&out.join("results.json"), serde_json::to_string_pretty(results)?.as_bytes())?;
+    let logs: Vec<(String, PathBuf)> = results
+        .models
+        .iter()
+        .skip(1)
+        .zip(adapters)
+        .map(|(m, a)| (m.name.clone(), crate::training::trainer::RunPaths::new(a).log))
+        .filter(|(_, log)| log.is_file())
+        .collect();
+    let html = report::render(out, results, &logs, title)?;
+    crate::io::atomic::write(&out.join("report.html"), html.as_bytes())
+}
+
+/// Checks that every image a results file names exists and decodes.
+pub fn check_images(out: &Path, results: &EvalResults) -> Result<()> {
+    for r in &results.images {
+        load_rgb(&out.join(&r.file))?;
+    }
+    Ok(())
+}
