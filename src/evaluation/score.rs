@@ -7,8 +7,7 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// File extensions read as images (case-insensitive).
-pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
+pub use crate::io::image::{IMAGE_EXTENSIONS, list_images};
 
 /// What `catlora score` compares.
 #[derive(Clone, Debug, Default)]
@@ -22,25 +21,6 @@ pub struct ScoreOptions {
     /// The base model's images for the same trigger-less prompts and seeds, with the same file
     /// names as their partners in `images`: adds `kps`.
     pub base_images: Option<PathBuf>,
-}
-
-/// The image files directly in `dir` (see [`IMAGE_EXTENSIONS`]), sorted by file name. An
-/// unreadable or image-less folder is an error naming it.
-pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read image folder {}", dir.display()))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        if path.is_file() && ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
-            files.push(path);
-        }
-    }
-    if files.is_empty() {
-        bail!("{}: no images found (looked for *.{})", dir.display(), IMAGE_EXTENSIONS.join(", *."));
-    }
-    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    Ok(files)
 }
 
 fn file_name(p: &Path) -> String {

@@ -2,10 +2,10 @@
 //! training and evaluation images, the training and CLIP preprocessing, and the conversions
 //! between images and the tensors the models take and give.
 use ::image::imageops::{self, FilterType};
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC).
 pub use ::image::RgbImage;
@@ -259,6 +259,28 @@ pub fn clip_preprocess(img: &RgbImage, size: u32, crop: u32, mean: [f32; 3], std
         }
     }
     out
+}
+
+/// File extensions read as images (case-insensitive).
+pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
+
+/// The image files directly in `dir` (see [`IMAGE_EXTENSIONS`]), sorted by file name. An
+/// unreadable or image-less folder is an error naming it.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read image folder {}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if path.is_file() && ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        bail!("{}: no images found (looked for *.{})", dir.display(), IMAGE_EXTENSIONS.join(", *."));
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -3,29 +3,11 @@
 //! computed once and cached for the whole run.
 use super::config::{Concept, TrainConfig};
 use super::trigger::{remove_trigger, training_caption};
-use crate::io::image::{Crop, RgbImage, flip_horizontal, load_rgb, resize_and_crop, rgb_to_tensor};
+use crate::io::image::{Crop, RgbImage, flip_horizontal, list_images, load_rgb, resize_and_crop, rgb_to_tensor};
 use crate::pipeline::model::StableDiffusion;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
-use std::path::{Path, PathBuf};
-
-pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
-
-/// The image files of a folder, sorted by name.
-pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the image folder {}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("{} holds no images (png, jpg, jpeg, webp)", dir.display());
-    }
-    Ok(files)
-}
+use std::path::PathBuf;
 
 /// One training image with its captions.
 #[derive(Clone, Debug)]
@@ -39,7 +21,7 @@ pub struct Example {
 /// Reads a concept folder: every image, its same-named `.txt` caption if present.
 pub fn read_concept(c: &Concept, resolution: usize, random_crop: bool) -> Result<Vec<Example>> {
     let mut out = Vec::new();
-    for path in image_files(&c.data)? {
+    for path in list_images(&c.data)? {
         let txt = path.with_extension("txt");
         let caption = if txt.is_file() {
             Some(std::fs::read_to_string(&txt).with_context(|| format!("cannot read caption {}", txt.display()))?)

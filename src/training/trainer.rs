@@ -4,7 +4,7 @@
 use super::adamw::{AdamW, AdamWConfig};
 use super::checkpoint::{self, State};
 use super::config::{FileFormat, Method, TrainConfig};
-use super::data::{Dataset, LatentDist, encode_latents, image_files};
+use super::data::{Dataset, LatentDist, encode_latents};
 use super::objective::{Cond, LossTerms, PriorTerm, StepInputs, Trainable, cat_gradients};
 use super::schedule::learning_rate;
 use crate::adapters::lora::{LoraConfig, attach_new, to_file};
@@ -82,7 +82,7 @@ fn class_examples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, pro
     for (k, c) in cfg.concepts.iter().enumerate() {
         let class = c.class.as_deref().with_context(|| format!("DreamBooth needs a --class for the concept `{}`", c.trigger))?;
         let images = match &c.class_data {
-            Some(dir) => image_files(dir)?.into_iter().take(cfg.class_images).map(|p| load_rgb(&p)).collect::<Result<Vec<_>>>()?,
+            Some(dir) => crate::io::image::list_images(dir)?.into_iter().take(cfg.class_images).map(|p| load_rgb(&p)).collect::<Result<Vec<_>>>()?,
             None => {
                 let dir = paths.class_images.join(&c.trigger);
                 let mut imgs = Vec::new();
