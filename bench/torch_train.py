@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""One training step, PyTorch + diffusers + peft: plain LoRA against the CAT authors'
+formulation, on the same UNet cases as bench/torch_unet.py (which this script imports: keep the
+two files side by side). One JSON line per (case, method) on stdout.
+
+Both methods: LoRA rank 1 (alpha 1, gaussian init as diffusers' LoRA training script) on
+to_q / to_k / to_v / to_out.0 of every attention through peft (`unet.add_adapter`), AdamW
+(lr 1e-4) over the LoRA parameters only, f32, precomputed text embeddings (no text encoder), one
+timestep (500). A step is zero_grad + forward(s) + backward + optimizer step.
+  * lora:        loss = mse(UNet_lora(x_t, trigger caption), noise)           1 forward + backward
+  * cat_authors: a second, frozen UNet copy gives the base prediction on the plain caption
+                 (no_grad), and the adapter UNet runs on the trigger caption and on the plain
+                 caption: loss = mse(UNet_lora(x_t, trigger), noise)
+                               + lambda * mse(UNet_lora(x_t, plain), UNet_base(x_t, plain))
+                 3 forwards, backward through 2.
+Each (case, method) runs in a fresh child process; its peak is VmHWM of the whole child (both
+UNet copies included for cat_authors), and the step time is the median of N timed steps after one
+warm-up step. Inputs come from formulas (see torch_unet.py); the trigger and plain captions are
+two different formula embeddings.
+
+Usage:
+  python bench/torch_train.py --unet ../shared/fixtures/tiny-sd/unet [--iters 5]
+  python bench/torch_train.py --sd15 [--iters 3]
+  python bench/torch_train.py --cases '<JSON list of catlora BenchCase>' [--methods lora,cat_authors]
+Threads: --threads, else the CPUs this process may use.
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_unet as tu  # noqa: E402
+
+METHODS = ("lora", "cat_authors")
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def run_case(case, method, threads, lam, lr):
+    import torch
+    from diffusers import UNet2DConditionModel  # noqa: F401  (before the baseline: runtime, not model)
+    from peft import LoraConfig
+
+    torch.set_num_threads(threads)
+    rss_base = tu.status_mb("VmRSS")
+    t0 = time.perf_counter()
+    unet = tu.load_unet(case["model"])
+    unet.requires_grad_(False)
+    base = None
+    if method == "cat_authors":
+        base = copy.deepcopy(unet).eval()
+    elif method != "lora":
+        raise ValueError(f"unknown method {method!r}")
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=1, lora_alpha=1, init_lora_weights="gaussian", target_modules=TARGETS))
+    unet.train()
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(lora_params, lr=lr)
+    load_s = time.perf_counter() - t0
+    rss_loaded = tu.status_mb("VmRSS")
+
+    cfg = unet.config
+    b, side, tokens, dim = case["batch"], case["latent"], case["tokens"], cfg.cross_attention_dim
+    x, trigger = tu.formula_inputs(torch, b, cfg.in_channels, side, tokens, dim)
+    n = x.numel()
+    i = torch.arange(n, dtype=torch.float64)
+    noise = torch.cos(0.23 * i + 0.7).to(torch.float32).reshape(x.shape)
+    j = torch.arange(b * tokens * dim, dtype=torch.float64)
+    plain = (0.5 * torch.sin(0.11 * j + 0.3)).to(torch.float32).reshape(b, tokens, dim)
+    t = torch.full((b,), tu.TIMESTEP, dtype=torch.float32)
+    mse = torch.nn.functional.mse_loss
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = mse(unet(x, t, encoder_hidden_states=trigger).sample, noise)
+        if base is not None:
+            with torch.no_grad():
+                target = base(x, t, encoder_hidden_states=plain).sample
+            loss = loss + lam * mse(unet(x, t, encoder_hidden_states=plain).sample, target)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    times = []
+    loss = float("nan")
+    for k in range(case["iters"] + 1):
+        s = time.perf_counter()
+        loss = step()
+        ms = (time.perf_counter() - s) * 1e3
+        if k > 0:
+            times.append(ms)
+
+    return {
+        "case": case["name"],
+        "method": method,
+        "engine": tu.engine_name(torch, unet) + f" / peft {__import__('peft').__version__}",
+        "threads": torch.get_num_threads(),
+        "iters": case["iters"],
+        "params": sum(p.numel() for p in unet.parameters() if not p.requires_grad),
+        "trainable_params": sum(p.numel() for p in lora_params),
+        "lambda": lam if base is not None else None,
+        "load_s": load_s,
+        "step_ms": statistics.median(times),
+        "step_all_ms": times,
+        "rss_base_mb": rss_base,
+        "rss_loaded_mb": rss_loaded,
+        "peak_mb": tu.status_mb("VmHWM"),
+        "loss": loss,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", help="JSON list of catlora BenchCase objects")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated: lora, cat_authors")
+    ap.add_argument("--unet", help="a diffusers unet folder (case `tiny`)")
+    ap.add_argument("--sd15", action="store_true", help="the SD 1.5 UNet with random weights at 256 px (case `sd15-256`)")
+    ap.add_argument("--iters", type=int, help="timed steps (default 5 for --unet, 3 for --sd15)")
+    ap.add_argument("--latent", type=int, help="latent side for --unet (default: its sample_size)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lam", type=float, default=1.0, help="weight of the preservation term (cat_authors)")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    a = ap.parse_args()
+    threads = a.threads or tu.default_threads()
+
+    if a.one:
+        print(json.dumps(run_case(json.loads(a.one), a.method, threads, a.lam, a.lr)), flush=True)
+        return
+
+    if a.cases:
+        cases = json.loads(a.cases)
+    else:
+        cases = []
+        if a.unet:
+            with open(os.path.join(a.unet, "config.json")) as f:
+                side = a.latent or json.load(f).get("sample_size", 32)
+            cases.append({"name": "tiny", "model": {"kind": "dir", "path": a.unet}, "batch": 1, "latent": side,
+                          "tokens": 77, "iters": a.iters or 5})
+        if a.sd15:
+            cases.append({"name": "sd15-256", "model": {"kind": "random", "config": tu.SD15_CONFIG, "seed": 0},
+                          "batch": 1, "latent": 32, "tokens": 77, "iters": a.iters or 3})
+        if not cases:
+            ap.error("give --cases, --unet or --sd15")
+    methods = [m for m in a.methods.split(",") if m]
+    for m in methods:
+        if m not in METHODS:
+            ap.error(f"unknown method {m!r} (lora, cat_authors)")
+    for case in cases:
+        for m in methods:
+            cmd = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(case), "--method", m,
+                   "--threads", str(threads), "--lam", str(a.lam), "--lr", str(a.lr)]
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+            if p.returncode != 0 or not lines:
+                raise SystemExit(f"case {case['name']!r} / {m} failed (exit {p.returncode}): {p.stdout.strip()}")
+            print(lines[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()

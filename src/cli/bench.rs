@@ -1,0 +1,76 @@
+//! `catlora bench`: UNet speed and memory, optionally next to PyTorch + diffusers
+//! (see `catlora::bench`).
+use anyhow::{Result, bail};
+use catlora::bench::{self, BenchCase, BenchOptions};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Benchmark the UNet: forward, forward+backward and peak memory, each case in a fresh process.
+///
+/// Cases: every --unet folder at its own sample size, and the SD 1.5 UNet with random weights at
+/// 256 px (--sd15; the default when no --unet is given). With --torch, the same cases also run
+/// in PyTorch + diffusers (bench/torch_unet.py, embedded) and the table compares the two; make
+/// that Python with `bash scripts/setup-bench.sh`. The table goes to stdout.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A diffusers `unet` folder, or a pipeline folder (its `unet/` is used). Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub unet: Vec<PathBuf>,
+    /// Add the SD 1.5 UNet (random weights) at 256 px, batch 1, 77 tokens.
+    #[arg(long)]
+    pub sd15: bool,
+    /// Timed iterations per phase, after one warm-up [default: 10 for --unet, 3 for --sd15].
+    #[arg(long, value_name = "N")]
+    pub iters: Option<usize>,
+    /// Compute threads for both engines [default: every CPU this process may use].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Python of a venv with torch and diffusers, for the comparison column.
+    #[arg(long, value_name = "PYTHON")]
+    pub torch: Option<PathBuf>,
+    /// Internal: run one case (JSON) in this process and print its result line.
+    #[arg(long = "case", hide = true, value_name = "JSON")]
+    pub case: Option<String>,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(json) = &a.case {
+        return bench::child_main(json);
+    }
+    if a.iters == Some(0) {
+        bail!("--iters must be at least 1");
+    }
+    if a.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    let mut cases = Vec::new();
+    for dir in &a.unet {
+        // A pipeline folder holds the UNet in `unet/`.
+        let unet_dir = if dir.join("unet").join("config.json").is_file() { dir.join("unet") } else { dir.clone() };
+        if !unet_dir.join("config.json").is_file() {
+            bail!("--unet {}: neither a diffusers unet folder nor a pipeline folder (no config.json)", dir.display());
+        }
+        let mut case = BenchCase::fixture(&unet_dir, a.iters.unwrap_or(10))?;
+        // Name the case after the folder the user gave, so that several --unet stay apart.
+        if let Some(name) = dir.canonicalize().ok().as_deref().and_then(|d| d.file_name()) {
+            case.name = name.to_string_lossy().into_owned();
+        }
+        cases.push(case);
+    }
+    if a.sd15 || a.unet.is_empty() {
+        cases.push(BenchCase::sd15_256(a.iters.unwrap_or(3)));
+    }
+    let names: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+    if names.len() != cases.len() {
+        bail!("two benchmark cases share a name; give --unet folders with different names");
+    }
+    // A bare name (`python3`) is looked up on PATH by the OS; only a path can be checked here.
+    if let Some(py) = &a.torch
+        && py.components().count() > 1
+        && !py.exists()
+    {
+        bail!("--torch {}: no such Python (make one with `bash scripts/setup-bench.sh`)", py.display());
+    }
+    bench::run_bench(&BenchOptions { cases, torch_python: a.torch, exe: None, threads: a.threads })?;
+    Ok(())
+}

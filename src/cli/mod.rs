@@ -1,0 +1,78 @@
+//! Argument parsing (clap derive) and dispatch to one module per subcommand. The modules only
+//! translate options into library calls; the work itself is in the `catlora` library.
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod convert;
+mod demo;
+mod eval;
+mod generate;
+mod inspect;
+mod score;
+mod train;
+
+/// Contrastive Adapter Training (CAT) LoRAs for Stable Diffusion 1.x/2.x, and the metrics that
+/// say how much of the base model's knowledge an adapter keeps.
+///
+/// Models are diffusers pipeline folders (model_index.json, unet/, vae/, text_encoder/,
+/// tokenizer/, scheduler/). LoRA files are safetensors in kohya/AUTOMATIC1111 or
+/// diffusers/PEFT naming.
+#[derive(Parser, Debug)]
+#[command(name = "catlora", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per process, so the size of the largest variant (train's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand, Debug)]
+enum Command {
+    Generate(generate::GenerateArgs),
+    Train(train::TrainArgs),
+    Convert(convert::ConvertArgs),
+    Inspect(inspect::InspectArgs),
+    Score(score::ScoreArgs),
+    Eval(eval::EvalArgs),
+    Demo(demo::DemoArgs),
+    Bench(bench::BenchArgs),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Generate(a) => generate::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal (logs and pipes stay clean).
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,282 @@
+//! The `catlora` binary end to end on the fixture model: outputs, determinism, and that bad input
+//! ends in a named error and a non-zero exit, never a panic.
+use catlora::io::image::read_png_text;
+use catlora::io::safetensors::{self, OwnedTensor, SafeTensorsFile};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const EXE: &str = env!("CARGO_BIN_EXE_catlora");
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+}
+fn model() -> String {
+    fixtures().join("tiny-sd").display().to_string()
+}
+fn kohya() -> String {
+    fixtures().join("lora-kohya/lora.safetensors").display().to_string()
+}
+
+/// A fresh, empty scratch folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("catlora-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn catlora(args: &[&str]) -> Output {
+    Command::new(EXE).args(args).output().expect("cannot run the catlora binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs and expects success; returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = catlora(args);
+    assert!(out.status.success(), "catlora {args:?} failed:\n{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Runs and expects a clean failure whose stderr names every needle.
+fn fails(args: &[&str], needles: &[&str]) {
+    let out = catlora(args);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "catlora {args:?} succeeded");
+    assert!(!err.contains("panicked"), "catlora {args:?} panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "catlora {args:?}: stderr lacks `{n}`:\n{err}");
+    }
+}
+
+/// `generate` on the fixture at 64x64 with 3 steps, plus `extra` options.
+fn generate(out: &Path, extra: &[&str]) {
+    let m = model();
+    let o = out.display().to_string();
+    let mut args = vec!["generate", "--model", &m, "--prompt", "a photo of a cat", "--width", "64", "--height", "64"];
+    args.extend(["--steps", "3", "--out", &o]);
+    args.extend(extra);
+    ok(&args);
+}
+
+fn pngs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn parameters(png: &Path) -> String {
+    read_png_text(png).unwrap().into_iter().find(|(k, _)| k == "parameters").expect("no parameters chunk").1
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let help = ok(&["--help"]);
+    for cmd in ["generate", "train", "convert", "inspect", "score", "eval", "demo", "bench"] {
+        assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
+    }
+    assert!(ok(&["generate", "--help"]).contains("<seed>-<i>.png"));
+}
+
+#[test]
+fn generate_writes_one_png_with_parameters_and_is_deterministic() {
+    let (a, b, c) = (scratch("gen-a"), scratch("gen-b"), scratch("gen-c"));
+    generate(&a, &["--seed", "5", "--sampler", "euler-a", "--negative-prompt", "blurry"]);
+    generate(&b, &["--seed", "5", "--sampler", "euler-a", "--negative-prompt", "blurry"]);
+    generate(&c, &["--seed", "6", "--sampler", "euler-a", "--negative-prompt", "blurry"]);
+    let files = pngs(&a);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].file_name().unwrap(), "5-0.png");
+    let p = parameters(&files[0]);
+    assert!(p.starts_with("a photo of a cat\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-sd"), "{p}");
+    let bytes = |d: &Path| std::fs::read(&pngs(d)[0]).unwrap();
+    assert_eq!(bytes(&a), bytes(&b), "the same seed gave different PNGs");
+    assert_ne!(bytes(&a), bytes(&c), "different seeds gave the same PNG");
+    for d in [a, b, c] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn generate_with_a_weighted_lora() {
+    let (base, with) = (scratch("lora-base"), scratch("lora-with"));
+    generate(&base, &["--sampler", "ddim"]);
+    let lora = format!("{}:0.5", kohya());
+    generate(&with, &["--sampler", "ddim", "--lora", &lora]);
+    let files = pngs(&with);
+    assert_eq!(files.len(), 1);
+    assert!(parameters(&files[0]).starts_with("a photo of a cat <lora:lora:0.5>\n"));
+    assert_ne!(std::fs::read(&files[0]).unwrap(), std::fs::read(&pngs(&base)[0]).unwrap(), "the LoRA changed nothing");
+    std::fs::remove_dir_all(base).unwrap();
+    std::fs::remove_dir_all(with).unwrap();
+}
+
+#[test]
+fn generate_from_init_latents() {
+    let out = scratch("init");
+    let latents = fixtures().join("init-latents.safetensors").display().to_string();
+    generate(&out, &["--init-latents", &latents, "--seed", "3"]);
+    let names: Vec<_> = pngs(&out).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["3-0.png"]);
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+/// A copy of the kohya fixture with one key no naming knows.
+fn bogus_lora(dir: &Path) -> PathBuf {
+    let src = SafeTensorsFile::open(Path::new(&kohya())).unwrap();
+    let mut tensors = BTreeMap::new();
+    for name in src.names() {
+        let (shape, data) = src.f32(name).unwrap();
+        tensors.insert(name.clone(), OwnedTensor { shape, data });
+    }
+    tensors.insert("lora_unet_bogus_layer.lora_down.weight".into(), OwnedTensor { shape: vec![4, 32], data: vec![0.0; 128] });
+    let path = dir.join("bogus.safetensors");
+    safetensors::write(&path, &tensors, src.metadata()).unwrap();
+    path
+}
+
+#[test]
+fn generate_bad_inputs_fail_cleanly() {
+    let dir = scratch("bad");
+    let out = dir.join("out").display().to_string();
+    // Defaults, each replaced by an `extra` pair with the same flag.
+    let defaults = [("--model", model()), ("--prompt", "x".into()), ("--width", "64".into()), ("--height", "64".into()), ("--steps", "2".into()), ("--out", out.clone())];
+    let run = |extra: &[&str], needles: &[&str]| {
+        let mut args: Vec<String> = vec!["generate".into()];
+        for (flag, value) in &defaults {
+            if !extra.contains(flag) {
+                args.extend([flag.to_string(), value.clone()]);
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), needles);
+    };
+    let missing = dir.join("no-such-model").display().to_string();
+    run(&["--model", &missing], &["no-such-model"]);
+    run(&["--width", "40"], &["40x64", "multiple of"]);
+    run(&["--sampler", "heun"], &["heun", "dpmpp-2m-karras"]);
+    run(&["--steps", "0"], &["0 sampling steps"]);
+    run(&["--device", "tpu"], &["tpu"]);
+    let bogus = bogus_lora(&dir).display().to_string();
+    run(&["--lora", &format!("{bogus}:0.7")], &["bogus.safetensors", "lora_unet_bogus_layer.lora_down.weight"]);
+    run(&["--lora", "/no/such/lora.safetensors"], &["/no/such/lora.safetensors"]);
+    run(&["--init-latents", "/no/such/latents.safetensors"], &["/no/such/latents.safetensors"]);
+    let latents = fixtures().join("init-latents.safetensors").display().to_string();
+    run(&["--init-latents", &latents, "--num-images", "2"], &["--num-images 2", "holds 1 latents"]);
+    run(&["--init-latents", &latents, "--width", "128"], &["init-latents.safetensors", "`latents` has shape"]);
+    assert!(!dir.join("out").exists() || pngs(&dir.join("out")).is_empty(), "a failed run wrote images");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Every tensor as (shape, f32 bits), by name.
+fn tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u32>)> {
+    let f = SafeTensorsFile::open(path).unwrap();
+    f.names()
+        .map(|n| {
+            let (s, v) = f.f32(n).unwrap();
+            (n.clone(), (s, v.iter().map(|x| x.to_bits()).collect()))
+        })
+        .collect()
+}
+
+#[test]
+fn convert_round_trip_is_exact() {
+    let dir = scratch("convert");
+    let (peft, back) = (dir.join("peft.safetensors"), dir.join("kohya.safetensors"));
+    let (m, p, b) = (model(), peft.display().to_string(), back.display().to_string());
+    ok(&["convert", "--model", &m, &kohya(), &p, "--to", "diffusers"]);
+    ok(&["convert", "--model", &m, &p, &b, "--to", "kohya"]);
+    assert_eq!(tensors(&back), tensors(Path::new(&kohya())));
+    // The diffusers form holds the same tensors as the fixture saved by diffusers itself.
+    assert_eq!(tensors(&peft), tensors(&fixtures().join("lora-diffusers/pytorch_lora_weights.safetensors")));
+    fails(&["convert", "--model", &m, &kohya(), &p, "--to", "onnx"], &["onnx"]);
+    fails(&["convert", "--model", &m, "/no/such.safetensors", &p, "--to", "kohya"], &["/no/such.safetensors"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn inspect_reports_rank_and_alpha() {
+    for extra in [vec![], vec!["--model".to_string(), model()]] {
+        let mut args = vec!["inspect".to_string(), kohya()];
+        args.extend(extra);
+        let s = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        for needle in ["format: kohya", "rank: 4 ×128", "alpha: 8 (scale 2) ×128", "unet to_out.0: 32"] {
+            assert!(s.contains(needle), "`{needle}` missing:\n{s}");
+        }
+    }
+    let peft = fixtures().join("lora-diffusers/pytorch_lora_weights.safetensors").display().to_string();
+    let s = ok(&["inspect", &peft]);
+    assert!(s.contains("format: peft") && s.contains("rank: 4 ×128") && s.contains("alpha: 8"), "{s}");
+    let dir = scratch("inspect");
+    let bogus = bogus_lora(&dir).display().to_string();
+    fails(&["inspect", &bogus], &["bogus.safetensors", "lora_unet_bogus_layer.lora_down.weight"]);
+    fails(&["inspect", "/no/such/file.safetensors"], &["/no/such/file.safetensors"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn score_prints_one_json_object() {
+    let images = scratch("score");
+    generate(&images, &["--num-images", "2", "--sampler", "ddim"]);
+    assert_eq!(pngs(&images).len(), 2);
+    let clip = fixtures().join("tiny-clip").display().to_string();
+    let dir = images.display().to_string();
+    let stdout = ok(&["score", "--clip", &clip, "--images", &dir, "--prompt", "a photo of a cat"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is one JSON value");
+    assert!(v["diversity"].is_number() && v["prompt_similarity"].is_number(), "{v}");
+    assert_eq!(v["n_images"], 2);
+    fails(&["score", "--clip", "/no/clip", "--images", &dir], &["/no/clip"]);
+    std::fs::remove_dir_all(images).unwrap();
+}
+
+#[test]
+fn train_options_merge_over_the_config_file() {
+    let dir = scratch("train");
+    let cfg = dir.join("run.toml");
+    std::fs::write(&cfg, "model = \"base\"\nout = \"o.safetensors\"\nlr = 2e-4\n[[concepts]]\ndata = \"imgs\"\ntrigger = \"ohwx\"\n").unwrap();
+    let c = cfg.display().to_string();
+    let s = ok(&["train", "--config", &c, "--rank", "2", "--flip", "--print-config"]);
+    let t: toml::Value = toml::from_str(&s).unwrap();
+    assert_eq!((t["rank"].as_integer(), t["lr"].as_float(), t["flip"].as_bool()), (Some(2), Some(2e-4), Some(true)));
+    assert_eq!(t["concepts"][0]["trigger"].as_str(), Some("ohwx"));
+    fails(&["train", "--config", &c, "--method", "magic"], &["magic"]);
+    fails(&["train", "--data", "d", "--trigger", "t", "--out", "o"], &["--model"]);
+    fails(&["train", "--config", "/no/such.toml"], &["/no/such.toml"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn train_writes_an_adapter_that_inspect_reads() {
+    let dir = scratch("train-run");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..2 {
+        std::fs::copy(fixtures().join(format!("tiny-clip/probe-{i}.png")), data.join(format!("{i}.png"))).unwrap();
+    }
+    let out = dir.join("sks.safetensors").display().to_string();
+    let (m, d) = (model(), data.display().to_string());
+    let args = ["train", "--model", &m, "--data", &d, "--trigger", "sks", "--class", "square", "--steps", "2"];
+    let mut run = args.to_vec();
+    run.extend(["--resolution", "64", "--rank", "2", "--alpha", "1", "--format", "diffusers", "--out", &out]);
+    ok(&run);
+    let s = ok(&["inspect", &out, "--model", &m]);
+    assert!(s.contains("format: peft") && s.contains("rank: 2 ×128") && s.contains("alpha: 1 (scale 0.5)"), "{s}");
+    run.extend(["--resume", "/no/such/checkpoint"]);
+    fails(&run, &["/no/such/checkpoint"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bench_runs_the_fixture_unet() {
+    let unet = fixtures().join("tiny-sd").display().to_string();
+    let table = ok(&["bench", "--unet", &unet, "--iters", "1", "--threads", "2"]);
+    assert!(table.contains("tiny-sd") && table.contains("forward (ms)"), "{table}");
+    fails(&["bench", "--unet", "/no/unet"], &["/no/unet"]);
+}
