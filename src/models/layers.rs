@@ -167,13 +167,17 @@ impl GroupNorm {
     }
 }
 
-/// Group norm from differentiable primitives (mean and biased variance per group).
+/// Group norm from differentiable primitives. The statistics are folded into one per-channel
+/// scale and shift, so the full-size tensor is touched by two element-wise ops instead of four
+/// (the weak spot of CPU backends, and SD's UNet has dozens of these).
 pub fn group_norm(x: Tensor<4>, weight: &Tensor<1>, bias: &Tensor<1>, groups: usize, eps: f64) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
-    let g = x.reshape([b, groups, (c / groups) * h * w]);
-    let (var, mean) = g.clone().var_mean_bias(2);
-    let normed = (g - mean).div(var.add_scalar(eps).sqrt()).reshape([b, c, h, w]);
-    normed * weight.clone().reshape([1, c, 1, 1]) + bias.clone().reshape([1, c, 1, 1])
+    let per = c / groups;
+    let (var, mean) = x.clone().reshape([b, groups, per * h * w]).var_mean_bias(2);
+    let per_channel = |t: Tensor<3>| t.expand([b, groups, per]).reshape([b, c, 1, 1]);
+    let scale = per_channel(var.add_scalar(eps).sqrt().recip()) * weight.clone().reshape([1, c, 1, 1]);
+    let shift = bias.clone().reshape([1, c, 1, 1]) - per_channel(mean) * scale.clone();
+    x * scale + shift
 }
 
 /// Layer normalisation over the last dimension.
