@@ -60,7 +60,7 @@ fn eval_generates_scores_and_reports() {
     let lora_plain = std::fs::read(out.join(&r.images.iter().find(|i| i.model == "lora" && i.variant == "plain").unwrap().file)).unwrap();
     assert_ne!(base_plain, lora_plain);
 
-    write_outputs(&out, r, &opts.adapters, "catlora test report").unwrap();
+    write_outputs(&out, r, &opts.adapters, "catlora test report", "").unwrap();
     let back: EvalResults = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(&back, r);
     check_images(&out, &back).unwrap();

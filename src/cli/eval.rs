@@ -81,7 +81,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     })?;
     bar.finish_and_clear();
-    write_outputs(&opts.out, &g.results, &opts.adapters, "catlora evaluation")?;
+    write_outputs(&opts.out, &g.results, &opts.adapters, "catlora evaluation", "")?;
     println!("{:<24} {:>10} {:>10} {:>8} {:>10}", "model", "prompt", "identity", "KPS", "diversity");
     for m in &g.results.models {
         let kps = m.kps.map_or("-".to_string(), |k| format!("{k:.4}"));

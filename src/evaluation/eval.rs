@@ -218,7 +218,8 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
 }
 
 /// Writes `results.json` and `report.html` into the output folder (both atomically).
-pub fn write_outputs(out: &Path, results: &EvalResults, adapters: &[PathBuf], title: &str) -> Result<()> {
+/// `notes_html` is inserted under the title (the demo puts its claims there).
+pub fn write_outputs(out: &Path, results: &EvalResults, adapters: &[PathBuf], title: &str, notes_html: &str) -> Result<()> {
     crate::io::atomic::write(&out.join("results.json"), serde_json::to_string_pretty(results)?.as_bytes())?;
     let logs: Vec<(String, PathBuf)> = results
         .models
@@ -228,7 +229,7 @@ pub fn write_outputs(out: &Path, results: &EvalResults, adapters: &[PathBuf], ti
         .map(|(m, a)| (m.name.clone(), crate::training::trainer::RunPaths::new(a).log))
         .filter(|(_, log)| log.is_file())
         .collect();
-    let html = report::render(out, results, &logs, title)?;
+    let html = report::render(out, results, &logs, title, notes_html)?;
     crate::io::atomic::write(&out.join("report.html"), html.as_bytes())
 }
 

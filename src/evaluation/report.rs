@@ -69,13 +69,14 @@ fn loss_svg(name: &str, log: &Path) -> Result<String> {
 }
 
 /// Renders the report. `logs` are the training logs found beside the adapters.
-pub fn render(out: &Path, r: &EvalResults, logs: &[(String, PathBuf)], title: &str) -> Result<String> {
+pub fn render(out: &Path, r: &EvalResults, logs: &[(String, PathBuf)], title: &str, notes_html: &str) -> Result<String> {
     let mut h = String::new();
     let _ = write!(h, r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{t}</title><style>
 body{{font-family:system-ui,sans-serif;margin:24px;color:#222}} table{{border-collapse:collapse;margin:12px 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} th:first-child,td:first-child{{text-align:left}}
 .grid td{{text-align:center;vertical-align:top}} .grid img{{width:96px;height:96px;image-rendering:pixelated;margin:1px}}
 figure{{display:inline-block;margin:8px}} .note{{color:#555;max-width:60em}}</style></head><body><h1>{t}</h1>"#, t = escape(title));
+    h.push_str(notes_html);
     let _ = write!(h, "<p>Trigger <code>{}</code>, {} prompts, seeds {:?}, {} steps of {}, CFG {}, {} px.</p>", escape(&r.trigger), r.prompts.len(), r.seeds, r.steps, escape(&r.sampler), r.cfg, r.resolution);
 
     let extra_keys: Vec<String> = {

@@ -1,0 +1,234 @@
+//! `catlora demo`: the paper's experiment in the toy world, on a CPU, in minutes. Five drawings
+//! of one personal object (a cyan-and-pink striped circle the base model never draws) train
+//! three adapters with the same seed and steps: plain LoRA, CAT and DreamBooth. Each is then
+//! scored with CLIP (the evaluation module) and with the world's ground truth:
+//!
+//! * `copy_rate`: among images of trigger-less class prompts ("a circle on a gray
+//!   background"), the share that copy the personal object's look
+//!   ([`super::world::copies_personal`]);
+//! * `colour_diversity`: the effective number of colours among those images, `exp(H)` of the
+//!   histogram of their dominant colours ([`super::world::dominant_colour`]; images with no
+//!   readable colour are left out). The base model's value is the reference.
+use super::world;
+use crate::evaluation::eval::{EvalOptions, EvalResults, evaluate, write_outputs};
+use crate::io::image::{load_rgb, save_png};
+use crate::schedulers::SamplerKind;
+use crate::training::config::{Concept, Method, TrainConfig};
+use crate::training::trainer::{Progress, train};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const TRIGGER: &str = "sks";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoOptions {
+    pub out: PathBuf,
+    /// A folder with `sd/` and `clip/`; the embedded toy models when `None`.
+    #[serde(skip)]
+    pub models: Option<PathBuf>,
+    pub seed: u64,
+    pub images: usize,
+    pub steps: usize,
+    pub rank: usize,
+    pub lr: f64,
+    pub cat_weight: f64,
+    pub prior_weight: f64,
+    pub class_images: usize,
+    pub seeds: usize,
+    pub sample_steps: usize,
+    pub device: String,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            out: PathBuf::from("catlora-demo"),
+            models: None,
+            seed: 0,
+            images: 5,
+            steps: 300,
+            rank: 4,
+            lr: 1e-3,
+            cat_weight: 1.0,
+            prior_weight: 1.0,
+            class_images: 20,
+            seeds: 8,
+            sample_steps: 20,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// The class prompts of the evaluation, with the trigger where the training captions have it.
+pub fn prompts() -> Vec<String> {
+    ["gray", "white", "black"].iter().map(|bg| format!("a {TRIGGER} circle on a {bg} background")).chain([format!("a {TRIGGER} circle")]).collect()
+}
+
+/// Per method, the numbers the issue asks for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MethodResult {
+    pub kps: Option<f64>,
+    pub identity_similarity: f64,
+    pub prompt_similarity: f64,
+    pub diversity: f64,
+    pub copy_rate: f64,
+    pub colour_diversity: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claim {
+    pub claim: String,
+    pub holds: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoResults {
+    pub settings: DemoOptions,
+    /// `base`, `lora`, `cat`, `dreambooth`.
+    pub methods: BTreeMap<String, MethodResult>,
+    pub claims: Vec<Claim>,
+    pub seconds: f64,
+}
+
+/// Copy rate and colour diversity of the trigger-less images of one model.
+pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<(f64, f64)> {
+    let mut copies = 0usize;
+    let mut n = 0usize;
+    let mut hist: BTreeMap<world::Colour, usize> = BTreeMap::new();
+    for r in eval.images.iter().filter(|r| r.model == model && r.variant == "plain") {
+        let img = load_rgb(&out.join(&r.file))?;
+        n += 1;
+        copies += world::copies_personal(&img) as usize;
+        if let Some(c) = world::dominant_colour(&img) {
+            *hist.entry(c).or_default() += 1;
+        }
+    }
+    let total: usize = hist.values().sum();
+    let entropy: f64 = hist.values().map(|&k| k as f64 / total.max(1) as f64).map(|p| -p * p.ln()).sum();
+    Ok((copies as f64 / n.max(1) as f64, if total == 0 { 0.0 } else { entropy.exp() }))
+}
+
+fn claims(m: &BTreeMap<String, MethodResult>) -> Vec<Claim> {
+    let (base, lora, cat) = (&m["base"], &m["lora"], &m["cat"]);
+    let (kl, kc) = (lora.kps.unwrap_or(0.0), cat.kps.unwrap_or(0.0));
+    vec![
+        Claim { claim: format!("KPS(CAT) {kc:.4} >= KPS(LoRA) {kl:.4} + 0.05"), holds: kc >= kl + 0.05 },
+        Claim {
+            claim: format!("identity(CAT) {:.4} >= 0.95 x identity(LoRA) {:.4}", cat.identity_similarity, lora.identity_similarity),
+            holds: cat.identity_similarity >= 0.95 * lora.identity_similarity,
+        },
+        Claim {
+            claim: format!("colour diversity(CAT) {:.2} >= 0.9 x base {:.2}", cat.colour_diversity, base.colour_diversity),
+            holds: cat.colour_diversity >= 0.9 * base.colour_diversity,
+        },
+        Claim {
+            claim: format!("colour diversity(LoRA) {:.2} < base {:.2}", lora.colour_diversity, base.colour_diversity),
+            holds: lora.colour_diversity < base.colour_diversity,
+        },
+    ]
+}
+
+/// Reports stages and training steps.
+pub trait DemoProgress: Progress {
+    fn stage(&mut self, msg: &str);
+}
+
+pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -> Result<DemoResults> {
+    let started = Instant::now();
+    let out = &opts.out;
+    let data = out.join("data");
+    progress.stage(&format!("drawing {} images of the personal object into {}", opts.images, data.display()));
+    for (k, (img, _, caption)) in world::personal_objects(opts.seed, opts.images, TRIGGER).into_iter().enumerate() {
+        save_png(&data.join(format!("{k:02}.png")), img.as_raw(), img.width(), img.height(), &[])?;
+        crate::io::atomic::write(&data.join(format!("{k:02}.txt")), caption.as_bytes())?;
+    }
+    let sd = models.join("sd");
+    let clip = models.join("clip");
+    let resolution = world::SIZE;
+
+    let mut adapters = Vec::new();
+    for method in [Method::Lora, Method::Cat, Method::Dreambooth] {
+        let file = out.join("adapters").join(format!("{}.safetensors", method.name()));
+        let cfg = TrainConfig {
+            model: sd.clone(),
+            concepts: vec![Concept {
+                data: data.clone(),
+                trigger: TRIGGER.into(),
+                class: Some("a circle on a gray background".into()),
+                class_data: None,
+            }],
+            out: file.clone(),
+            method,
+            cat_weight: opts.cat_weight,
+            prior_weight: opts.prior_weight,
+            class_images: opts.class_images,
+            rank: opts.rank,
+            alpha: opts.rank as f32,
+            lr: opts.lr,
+            steps: opts.steps,
+            resolution,
+            seed: opts.seed,
+            sample_steps: opts.sample_steps,
+            device: opts.device.clone(),
+            ..Default::default()
+        };
+        progress.stage(&format!("training {} ({} steps)", method.name(), opts.steps));
+        train(&cfg, None, progress).with_context(|| format!("training the {} adapter", method.name()))?;
+        adapters.push(file);
+    }
+
+    progress.stage("generating and scoring the evaluation images");
+    let eval_opts = EvalOptions {
+        model: sd,
+        clip,
+        adapters: adapters.clone(),
+        data,
+        trigger: TRIGGER.into(),
+        prompts: prompts(),
+        seeds: opts.seeds,
+        first_seed: opts.seed,
+        steps: opts.sample_steps,
+        sampler: SamplerKind::DpmPp2mKarras,
+        cfg: 7.5,
+        resolution,
+        out: out.join("eval"),
+        device: opts.device.clone(),
+    };
+    let mut g = evaluate(&eval_opts, |m| progress.message(m))?;
+    let mut truth = BTreeMap::new();
+    for m in &g.results.models {
+        truth.insert(m.name.clone(), ground_truth(&eval_opts.out, &g.results, &m.name)?);
+    }
+    let mut methods = BTreeMap::new();
+    for m in g.results.models.iter_mut() {
+        let (copy_rate, colour_diversity) = truth[&m.name];
+        m.extra.insert("copy_rate".into(), copy_rate);
+        m.extra.insert("colour_diversity".into(), colour_diversity);
+        methods.insert(
+            m.name.clone(),
+            MethodResult {
+                kps: m.kps,
+                identity_similarity: m.identity_similarity,
+                prompt_similarity: m.prompt_similarity,
+                diversity: m.diversity,
+                copy_rate,
+                colour_diversity,
+            },
+        );
+    }
+    let claims = claims(&methods);
+    let results = DemoResults { settings: opts.clone(), methods, claims, seconds: started.elapsed().as_secs_f64() };
+    let mut notes = String::from("<h2>The paper's claims in this run</h2><ul>");
+    for c in &results.claims {
+        notes.push_str(&format!("<li>{} {}</li>", if c.holds { "&#10003;" } else { "&#10007; does not hold:" }, c.claim));
+    }
+    notes.push_str("</ul><p class=\"note\">copy rate: share of trigger-less class images that copy the personal object's cyan-and-pink look. colour diversity: effective number of dominant colours, exp(entropy), among those images. Both read off the pixels with the toy world's ground-truth classifiers.</p>");
+    write_outputs(&eval_opts.out, &g.results, &adapters, "catlora demo: LoRA, CAT and DreamBooth in the shapes world", &notes)?;
+    std::fs::copy(eval_opts.out.join("report.html"), out.join("report.html.tmp")).context("copying the report")?;
+    std::fs::rename(out.join("report.html.tmp"), out.join("report.html")).context("moving the report into place")?;
+    crate::io::atomic::write(&out.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
+    Ok(results)
+}
