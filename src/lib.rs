@@ -12,4 +12,5 @@ pub mod models;
 pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
+pub mod toy;
 pub mod training;

@@ -1,0 +1,325 @@
+//! Full-model training with the crate's host-side AdamW: every parameter a model's `visit`
+//! reaches is copied to the host, installed as an autodiff leaf before each step, and updated
+//! from its gradient afterwards. Also half-precision rounding and saving in the PyTorch layout.
+use crate::models::layers::ParamVisitor;
+use crate::training::adamw::{AdamW, AdamWConfig};
+use anyhow::{Result, bail};
+use burn::tensor::{Gradients, Tensor, TensorData};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One parameter tensor of any rank the models use, as the visitor hands it out.
+pub enum Slot<'a> {
+    T1(&'a mut Tensor<1>),
+    T2(&'a mut Tensor<2>),
+    T4(&'a mut Tensor<4>),
+}
+
+fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data().convert::<f32>().as_slice::<f32>().expect("f32 data after convert").to_vec()
+}
+
+impl Slot<'_> {
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Slot::T1(t) => t.dims().to_vec(),
+            Slot::T2(t) => t.dims().to_vec(),
+            Slot::T4(t) => t.dims().to_vec(),
+        }
+    }
+
+    pub fn values(&self) -> Vec<f32> {
+        match self {
+            Slot::T1(t) => host(*t),
+            Slot::T2(t) => host(*t),
+            Slot::T4(t) => host(*t),
+        }
+    }
+
+    /// Replaces the tensor with `values` (same shape), as a fresh autodiff leaf when `trainable`.
+    pub fn set(&mut self, values: Vec<f32>, trainable: bool) {
+        fn make<const D: usize>(old: &Tensor<D>, v: Vec<f32>, trainable: bool) -> Tensor<D> {
+            let t = Tensor::<D>::from_data(TensorData::new(v, old.dims()), &old.device());
+            if trainable { t.autodiff().require_grad() } else { t }
+        }
+        match self {
+            Slot::T1(t) => **t = make(t, values, trainable),
+            Slot::T2(t) => **t = make(t, values, trainable),
+            Slot::T4(t) => **t = make(t, values, trainable),
+        }
+    }
+
+    pub fn grad(&self, grads: &Gradients) -> Option<Vec<f32>> {
+        match self {
+            Slot::T1(t) => t.grad(grads).map(|g| host(&g)),
+            Slot::T2(t) => t.grad(grads).map(|g| host(&g)),
+            Slot::T4(t) => t.grad(grads).map(|g| host(&g)),
+        }
+    }
+}
+
+/// A `ParamVisitor` that calls one closure for every parameter, whatever its rank.
+pub struct Each<F: FnMut(&str, Slot<'_>)>(pub F);
+
+impl<F: FnMut(&str, Slot<'_>)> ParamVisitor for Each<F> {
+    fn visit1(&mut self, n: &str, t: &mut Tensor<1>) {
+        (self.0)(n, Slot::T1(t))
+    }
+    fn visit2(&mut self, n: &str, t: &mut Tensor<2>) {
+        (self.0)(n, Slot::T2(t))
+    }
+    fn visit4(&mut self, n: &str, t: &mut Tensor<4>) {
+        (self.0)(n, Slot::T4(t))
+    }
+}
+
+/// Something whose parameters can be visited by name (every model here, and tuples of them).
+pub trait Visit {
+    fn visit_params(&mut self, v: &mut dyn ParamVisitor);
+}
+
+impl Visit for crate::models::unet::UNet {
+    fn visit_params(&mut self, v: &mut dyn ParamVisitor) {
+        self.visit(v)
+    }
+}
+
+impl Visit for crate::models::vae::Vae {
+    fn visit_params(&mut self, v: &mut dyn ParamVisitor) {
+        self.visit(v)
+    }
+}
+
+impl Visit for crate::models::clip_text::ClipTextModel {
+    fn visit_params(&mut self, v: &mut dyn ParamVisitor) {
+        self.visit(v)
+    }
+}
+
+/// The host-side master copy of a model's parameters and their AdamW state.
+pub struct HostParams {
+    pub names: Vec<String>,
+    pub shapes: Vec<Vec<usize>>,
+    pub values: Vec<Vec<f32>>,
+    pub opt: AdamW,
+}
+
+/// Options of one optimisation step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOptions {
+    pub lr: f64,
+    /// Clip the global gradient norm to this (`None`: no clipping).
+    pub clip_norm: Option<f64>,
+}
+
+impl HostParams {
+    /// Copies every parameter of `model` to the host, in visiting order.
+    pub fn collect(model: &mut dyn Visit, config: AdamWConfig) -> Self {
+        let (mut names, mut shapes, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        model.visit_params(&mut Each(|n: &str, s: Slot<'_>| {
+            names.push(n.to_string());
+            shapes.push(s.dims());
+            values.push(s.values());
+        }));
+        let sizes: Vec<usize> = values.iter().map(Vec::len).collect();
+        Self { names, shapes, values, opt: AdamW::new(config, &sizes) }
+    }
+
+    pub fn count(&self) -> usize {
+        self.values.iter().map(Vec::len).sum()
+    }
+
+    /// Writes the host values into the model: autodiff leaves when `trainable`, plain tensors
+    /// otherwise (for inference).
+    pub fn install(&self, model: &mut dyn Visit, trainable: bool) {
+        let mut k = 0;
+        model.visit_params(&mut Each(|n: &str, mut s: Slot<'_>| {
+            assert_eq!(n, self.names[k], "the model visits its parameters in a different order");
+            s.set(self.values[k].clone(), trainable);
+            k += 1;
+        }));
+        assert_eq!(k, self.names.len(), "the model has a different number of parameters");
+    }
+
+    /// Reads the gradients of every parameter after `loss.backward()` (the model must hold the
+    /// leaves `install(.., true)` made). A parameter without a gradient is an error: the graph
+    /// is cut somewhere.
+    pub fn gradients(&self, model: &mut dyn Visit, grads: &Gradients) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(self.names.len());
+        let mut missing = Vec::new();
+        model.visit_params(&mut Each(|n: &str, s: Slot<'_>| match s.grad(grads) {
+            Some(g) => out.push(g),
+            None => {
+                missing.push(n.to_string());
+                out.push(vec![0.0; s.dims().iter().product()]);
+            }
+        }));
+        if !missing.is_empty() {
+            bail!("parameters without a gradient: {}", missing.join(", "));
+        }
+        Ok(out)
+    }
+
+    /// One AdamW update from `grads` (in parameter order). Returns the global gradient norm
+    /// before clipping.
+    pub fn update(&mut self, mut grads: Vec<Vec<f32>>, opts: StepOptions) -> Result<f64> {
+        let norm = grads.iter().flatten().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+        if !norm.is_finite() {
+            bail!("the gradient is not finite");
+        }
+        if let Some(max) = opts.clip_norm
+            && norm > max
+        {
+            let s = (max / norm) as f32;
+            grads.iter_mut().flatten().for_each(|g| *g *= s);
+        }
+        self.opt.update(&mut self.values, &grads, opts.lr);
+        Ok(norm)
+    }
+
+    /// Rounds every value to the nearest half-precision number (what the saved files hold), so
+    /// later stages train against exactly the weights that ship.
+    pub fn round_to_f16(&mut self) {
+        for v in &mut self.values {
+            for x in v.iter_mut() {
+                *x = f16_to_f32(f32_to_f16(*x));
+            }
+        }
+    }
+
+    /// The tensors in PyTorch's layout, named with `rename(name)` (`None` drops a tensor):
+    /// 2-D tensors are linear weights kept as `[in, out]` and are transposed back to
+    /// `[out, in]`, except embedding tables (names ending in `embedding.weight`).
+    pub fn torch_tensors(&self, rename: impl Fn(&str) -> Option<String>) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+        let mut out = BTreeMap::new();
+        for ((name, shape), values) in self.names.iter().zip(&self.shapes).zip(&self.values) {
+            let Some(key) = rename(name) else { continue };
+            if shape.len() == 2 && !name.ends_with("embedding.weight") {
+                let (rows, cols) = (shape[0], shape[1]);
+                out.insert(key, (vec![cols, rows], crate::models::weights::transpose(values, rows, cols)));
+            } else {
+                out.insert(key, (shape.clone(), values.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// Learning rate with linear warm-up then cosine decay to `floor * peak`.
+pub fn lr_at(step: usize, total: usize, peak: f64, warmup: usize, floor: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let p = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    peak * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()))
+}
+
+/// IEEE single to half precision, rounding to nearest even (overflow to infinity).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let mant = bits & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        // Subnormal: shift the mantissa (with its implicit one) right, rounding to nearest even.
+        let m = mant | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rest = m & ((1u32 << shift) - 1);
+        let mut h = (m >> shift) as u16;
+        if rest > half || (rest == half && (h & 1) == 1) {
+            h += 1;
+        }
+        return sign | h;
+    }
+    let mut h = ((e as u32) << 10 | (mant >> 13)) as u16;
+    let rest = mant & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && (h & 1) == 1) {
+        // May carry into the exponent, which is the correct rounding (up to infinity).
+        h += 1;
+    }
+    sign | h
+}
+
+pub use crate::io::safetensors::f16_to_f32;
+
+/// Element type of a written safetensors file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F16,
+}
+
+/// Writes tensors as a safetensors file (sorted names, `{"format": "pt"}` metadata, 8-byte
+/// aligned data), atomically.
+pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, precision: Precision) -> Result<()> {
+    use serde_json::{Map, Value};
+    let size = match precision {
+        Precision::F32 => 4,
+        Precision::F16 => 2,
+    };
+    let mut header = Map::new();
+    let mut meta = Map::new();
+    meta.insert("format".into(), Value::String("pt".into()));
+    header.insert("__metadata__".into(), Value::Object(meta));
+    let mut offset = 0usize;
+    for (name, (shape, data)) in tensors {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            bail!("tensor `{name}`: shape {shape:?} holds {n} values but {} were given", data.len());
+        }
+        let mut e = Map::new();
+        e.insert("dtype".into(), Value::String(if size == 4 { "F32" } else { "F16" }.into()));
+        e.insert("shape".into(), Value::Array(shape.iter().map(|&d| Value::from(d as u64)).collect()));
+        e.insert("data_offsets".into(), Value::Array(vec![Value::from(offset as u64), Value::from((offset + n * size) as u64)]));
+        header.insert(name.clone(), Value::Object(e));
+        offset += n * size;
+    }
+    let mut json = serde_json::to_vec(&Value::Object(header))?;
+    while (8 + json.len()) % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for (_, data) in tensors.values() {
+        for &v in data {
+            match precision {
+                Precision::F32 => out.extend_from_slice(&v.to_le_bytes()),
+                Precision::F16 => out.extend_from_slice(&f32_to_f16(v).to_le_bytes()),
+            }
+        }
+    }
+    crate::io::atomic::write(path, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_round_trip() {
+        for x in [0.0f32, 1.0, -2.0, 65504.0, 5.960_464_5e-8, 0.1, 3.14159, -1e-5, 1e-7] {
+            let back = f16_to_f32(f32_to_f16(x));
+            let tol = (x.abs() * 1e-3).max(6e-8);
+            assert!((back - x).abs() <= tol, "{x} -> {back}");
+        }
+        assert_eq!(f32_to_f16(1.0), 0x3c00);
+        assert_eq!(f32_to_f16(-2.0), 0xc000);
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
+        // Every half value survives the round trip exactly.
+        for h in 0u16..0x7c00 {
+            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#x}");
+        }
+    }
+}

@@ -1,0 +1,761 @@
+//! A small seeded world of captioned images: one anti-aliased shape (circle, square, triangle,
+//! star) of one named colour and size on a plain named background, 32 x 32 pixels. Small enough
+//! that a CLIP, a VAE and a text-conditioned UNet learn it on a CPU in minutes, rich enough that
+//! "does the model still draw a red circle when asked?" is a question with a measurable answer.
+//!
+//! Besides the generator there are
+//! * the "personal object" of the demo: a circle with cyan and pink stripes, a look the base world
+//!   never produces (its colours are not in the palette, and base shapes are never patterned);
+//! * ground-truth classifiers that work on *generated* images too: background, dominant
+//!   foreground colour, shape, size, and how much an image copies the personal object's look.
+//!   They are plain pixel statistics, documented at each function.
+use crate::io::image::RgbImage;
+use crate::rng::Rng;
+
+/// Image side in pixels.
+pub const SIZE: usize = 32;
+
+/// Sub-samples per pixel side when drawing (4 x 4 = 16 coverage levels).
+const SUPERSAMPLE: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shape {
+    Circle,
+    Square,
+    Triangle,
+    Star,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 4] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Star];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Circle => "circle",
+            Shape::Square => "square",
+            Shape::Triangle => "triangle",
+            Shape::Star => "star",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Whether the point `(u, v)` (unit half-extent coordinates, `v` pointing down) is inside.
+    /// Extents are chosen so the four shapes look about equally big at the same size.
+    pub fn contains(self, u: f32, v: f32) -> bool {
+        match self {
+            Shape::Circle => u * u + v * v <= 1.0,
+            Shape::Square => u.abs() <= 0.86 && v.abs() <= 0.86,
+            Shape::Triangle => in_polygon(&TRIANGLE, u, v),
+            Shape::Star => in_polygon(&star_polygon(), u, v),
+        }
+    }
+
+    /// `(u_min, u_max, v_min, v_max)` of the shape in unit coordinates.
+    pub fn extent(self) -> (f32, f32, f32, f32) {
+        match self {
+            Shape::Circle => (-1.0, 1.0, -1.0, 1.0),
+            Shape::Square => (-0.86, 0.86, -0.86, 0.86),
+            Shape::Triangle => (-1.08, 1.08, -1.05, 0.82),
+            Shape::Star => {
+                let p = star_polygon();
+                let us = p.iter().map(|q| q.0);
+                let vs = p.iter().map(|q| q.1);
+                (
+                    us.clone().fold(f32::MAX, f32::min),
+                    us.fold(f32::MIN, f32::max),
+                    vs.clone().fold(f32::MAX, f32::min),
+                    vs.fold(f32::MIN, f32::max),
+                )
+            }
+        }
+    }
+}
+
+const TRIANGLE: [(f32, f32); 3] = [(0.0, -1.05), (1.08, 0.82), (-1.08, 0.82)];
+
+/// A five-pointed star, one point up, outer radius 1.12, inner radius 0.5.
+fn star_polygon() -> [(f32, f32); 10] {
+    let mut p = [(0.0, 0.0); 10];
+    for (i, q) in p.iter_mut().enumerate() {
+        let r = if i % 2 == 0 { 1.12 } else { 0.5 };
+        let a = std::f32::consts::PI * (i as f32) / 5.0;
+        // Angle measured from straight up, clockwise; v points down.
+        *q = (r * a.sin(), -r * a.cos() + 0.08);
+    }
+    p
+}
+
+/// Even-odd point-in-polygon test.
+fn in_polygon(poly: &[(f32, f32)], u: f32, v: f32) -> bool {
+    let mut inside = false;
+    let n = poly.len();
+    let mut j = n - 1;
+    for i in 0..n {
+        let (xi, yi) = poly[i];
+        let (xj, yj) = poly[j];
+        if (yi > v) != (yj > v) && u < (xj - xi) * (v - yi) / (yj - yi) + xi {
+            inside = !inside;
+        }
+        j = i;
+    }
+    inside
+}
+
+/// The named foreground colours, picked to be far apart in RGB (and from the backgrounds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Colour {
+    Red,
+    Green,
+    Blue,
+    Yellow,
+    Purple,
+    Orange,
+    White,
+    Black,
+}
+
+impl Colour {
+    pub const ALL: [Colour; 8] =
+        [Colour::Red, Colour::Green, Colour::Blue, Colour::Yellow, Colour::Purple, Colour::Orange, Colour::White, Colour::Black];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Colour::Red => "red",
+            Colour::Green => "green",
+            Colour::Blue => "blue",
+            Colour::Yellow => "yellow",
+            Colour::Purple => "purple",
+            Colour::Orange => "orange",
+            Colour::White => "white",
+            Colour::Black => "black",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    pub fn rgb(self) -> [u8; 3] {
+        match self {
+            Colour::Red => [225, 30, 30],
+            Colour::Green => [20, 175, 45],
+            Colour::Blue => [35, 65, 225],
+            Colour::Yellow => [245, 220, 25],
+            Colour::Purple => [135, 35, 200],
+            Colour::Orange => [250, 135, 15],
+            Colour::White => [250, 250, 250],
+            Colour::Black => [12, 12, 12],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Size {
+    Small,
+    Large,
+}
+
+impl Size {
+    pub const ALL: [Size; 2] = [Size::Small, Size::Large];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Small => "small",
+            Size::Large => "large",
+        }
+    }
+
+    /// The range of the shape's half-extent (the radius of a circle), in pixels.
+    pub fn radius_range(self) -> (f32, f32) {
+        match self {
+            Size::Small => (5.0, 6.5),
+            Size::Large => (9.0, 11.0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Background {
+    Gray,
+    White,
+    Black,
+}
+
+impl Background {
+    pub const ALL: [Background; 3] = [Background::Gray, Background::White, Background::Black];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Background::Gray => "gray",
+            Background::White => "white",
+            Background::Black => "black",
+        }
+    }
+
+    pub fn rgb(self) -> [u8; 3] {
+        match self {
+            Background::Gray => [128, 128, 128],
+            Background::White => [250, 250, 250],
+            Background::Black => [12, 12, 12],
+        }
+    }
+
+    /// A colour may be drawn on a background unless they are the same (white on white, black
+    /// on black).
+    pub fn allows(self, c: Colour) -> bool {
+        !matches!((self, c), (Background::White, Colour::White) | (Background::Black, Colour::Black))
+    }
+}
+
+/// Everything about one image: what a caption can say, and the exact drawing parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scene {
+    pub shape: Shape,
+    pub colour: Colour,
+    pub size: Size,
+    pub background: Background,
+    /// Centre, in pixels from the top-left corner.
+    pub cx: f32,
+    pub cy: f32,
+    /// Half-extent in pixels.
+    pub radius: f32,
+    /// The RGB actually drawn (the named colour with a little jitter).
+    pub fg: [u8; 3],
+    pub bg: [u8; 3],
+}
+
+impl Scene {
+    /// `top left`, `top`, ... `bottom right`, or `center`: the cell of a 3 x 3 grid holding the
+    /// centre.
+    pub fn position_name(&self) -> &'static str {
+        let cell = |c: f32| ((c / SIZE as f32) * 3.0).clamp(0.0, 2.99) as usize;
+        const NAMES: [[&str; 3]; 3] =
+            [["top left", "top", "top right"], ["left", "center", "right"], ["bottom left", "bottom", "bottom right"]];
+        NAMES[cell(self.cy)][cell(self.cx)]
+    }
+
+    /// Whether a caption of `self` in `style` is also a true description of `other`: the shape
+    /// and colour agree, and so do the size and background when the style names them.
+    pub fn describes(&self, style: CaptionStyle, other: &Scene) -> bool {
+        let (size, bg) = match style {
+            CaptionStyle::Full | CaptionStyle::WithPosition => (true, true),
+            CaptionStyle::NoSize => (false, true),
+            CaptionStyle::NoBackground => (true, false),
+            CaptionStyle::ColourShape => (false, false),
+        };
+        let pos = style != CaptionStyle::WithPosition || self.position_name() == other.position_name();
+        self.shape == other.shape
+            && self.colour == other.colour
+            && (!size || self.size == other.size)
+            && (!bg || self.background == other.background)
+            && pos
+    }
+
+    /// The caption in a given style.
+    pub fn caption(&self, style: CaptionStyle) -> String {
+        let (s, c, sh, bg) = (self.size.name(), self.colour.name(), self.shape.name(), self.background.name());
+        match style {
+            CaptionStyle::Full => format!("a {s} {c} {sh} on a {bg} background"),
+            CaptionStyle::NoSize => format!("a {c} {sh} on a {bg} background"),
+            CaptionStyle::NoBackground => format!("a {s} {c} {sh}"),
+            CaptionStyle::ColourShape => format!("a {c} {sh}"),
+            CaptionStyle::WithPosition => format!("a {s} {c} {sh} at the {} on a {bg} background", self.position_name()),
+        }
+    }
+}
+
+/// How much of the scene a caption names. `Full` is "a small red circle on a gray background".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptionStyle {
+    Full,
+    NoSize,
+    NoBackground,
+    /// "a red circle".
+    ColourShape,
+    /// "a small red circle at the top left on a gray background" (not used in pretraining).
+    WithPosition,
+}
+
+/// One generated example.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub image: RgbImage,
+    pub scene: Scene,
+    pub caption: String,
+}
+
+/// The seeded generator. The same seed gives the same sequence of samples.
+pub struct World {
+    rng: Rng,
+}
+
+impl World {
+    pub fn new(seed: u64) -> Self {
+        Self { rng: Rng::new(seed ^ 0x7079_5f77_6f72_6c64) }
+    }
+
+    /// Every (shape, colour, size, background) the world can produce, in a fixed order.
+    pub fn combinations() -> Vec<(Shape, Colour, Size, Background)> {
+        let mut out = Vec::new();
+        for sh in Shape::ALL {
+            for c in Colour::ALL {
+                for s in Size::ALL {
+                    for b in Background::ALL {
+                        if b.allows(c) {
+                            out.push((sh, c, s, b));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A random scene (uniform over shapes, colours, sizes and the allowed backgrounds).
+    pub fn random_scene(&mut self) -> Scene {
+        let shape = Shape::ALL[self.rng.below(4)];
+        let colour = Colour::ALL[self.rng.below(Colour::ALL.len())];
+        let size = Size::ALL[self.rng.below(2)];
+        let allowed: Vec<Background> = Background::ALL.into_iter().filter(|b| b.allows(colour)).collect();
+        let background = allowed[self.rng.below(allowed.len())];
+        self.place(shape, colour, size, background)
+    }
+
+    /// A scene with the given attributes, placed and jittered at random.
+    pub fn place(&mut self, shape: Shape, colour: Colour, size: Size, background: Background) -> Scene {
+        let (lo, hi) = size.radius_range();
+        let radius = lo + (hi - lo) * self.rng.uniform() as f32;
+        // Keep the whole shape (its largest extent is 1.12 radii) a pixel inside the frame.
+        let margin = radius * 1.12 + 1.0;
+        let span = SIZE as f32 - 2.0 * margin;
+        let cx = margin + span * self.rng.uniform() as f32;
+        let cy = margin + span * self.rng.uniform() as f32;
+        let fg = self.jitter(colour.rgb(), 10);
+        let bg = self.jitter(background.rgb(), 6);
+        Scene { shape, colour, size, background, cx, cy, radius, fg, bg }
+    }
+
+    fn jitter(&mut self, c: [u8; 3], amount: i32) -> [u8; 3] {
+        c.map(|v| (v as i32 + self.rng.below((2 * amount + 1) as usize) as i32 - amount).clamp(0, 255) as u8)
+    }
+
+    /// A random scene, drawn, with its `Full` caption.
+    pub fn sample(&mut self) -> Sample {
+        let scene = self.random_scene();
+        let image = draw(&scene);
+        let caption = scene.caption(CaptionStyle::Full);
+        Sample { image, scene, caption }
+    }
+
+    /// `n` samples.
+    pub fn samples(&mut self, n: usize) -> Vec<Sample> {
+        (0..n).map(|_| self.sample()).collect()
+    }
+
+    /// The generator, for callers that draw their own extra randomness in sequence with it.
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+}
+
+/// Draws a scene: supersampled coverage of the shape, blended over the background.
+pub fn draw(scene: &Scene) -> RgbImage {
+    paint(scene.bg, |x, y| {
+        let (u, v) = ((x - scene.cx) / scene.radius, (y - scene.cy) / scene.radius);
+        scene.shape.contains(u, v).then_some(scene.fg)
+    })
+}
+
+/// Renders `colour_at(x, y)` (a point in pixel coordinates; `None` is background) with
+/// `SUPERSAMPLE`² samples per pixel, averaged.
+pub fn paint(bg: [u8; 3], colour_at: impl Fn(f32, f32) -> Option<[u8; 3]>) -> RgbImage {
+    let mut buf = vec![0u8; SIZE * SIZE * 3];
+    let n = SUPERSAMPLE;
+    for y in 0..SIZE {
+        for x in 0..SIZE {
+            let mut acc = [0f32; 3];
+            for j in 0..n {
+                for i in 0..n {
+                    let px = x as f32 + (i as f32 + 0.5) / n as f32;
+                    let py = y as f32 + (j as f32 + 0.5) / n as f32;
+                    let c = colour_at(px, py).unwrap_or(bg);
+                    for k in 0..3 {
+                        acc[k] += c[k] as f32;
+                    }
+                }
+            }
+            for k in 0..3 {
+                buf[(y * SIZE + x) * 3 + k] = (acc[k] / (n * n) as f32).round() as u8;
+            }
+        }
+    }
+    RgbImage::from_raw(SIZE as u32, SIZE as u32, buf).expect("buffer of the image's size")
+}
+
+/// An image outside the world, for training the autoencoder to reproduce any look (the
+/// personal object's included): one of the shapes at any size and place, in a random RGB colour,
+/// solid or with stripes (any direction and period) or dots of a second random colour, on a
+/// random RGB background.
+pub fn free_image(rng: &mut Rng) -> RgbImage {
+    let mut rgb = || [rng.below(256) as u8, rng.below(256) as u8, rng.below(256) as u8];
+    let (fg, fg2, bg) = (rgb(), rgb(), rgb());
+    let shape = Shape::ALL[rng.below(4)];
+    let radius = 4.0 + 8.0 * rng.uniform() as f32;
+    let margin = radius * 1.12 + 1.0;
+    let span = (SIZE as f32 - 2.0 * margin).max(0.0);
+    let cx = margin + span * rng.uniform() as f32;
+    let cy = margin + span * rng.uniform() as f32;
+    let pattern = rng.below(4);
+    let period = 3.0 + 4.0 * rng.uniform() as f32;
+    let angle = std::f32::consts::PI * rng.uniform() as f32;
+    let (sa, ca) = angle.sin_cos();
+    let phase = period * rng.uniform() as f32;
+    paint(bg, move |x, y| {
+        let (u, v) = ((x - cx) / radius, (y - cy) / radius);
+        if !shape.contains(u, v) {
+            return None;
+        }
+        let second = match pattern {
+            0 | 1 => false,
+            2 => ((x * ca + y * sa - phase) / (period / 2.0)).floor().rem_euclid(2.0) == 1.0,
+            _ => {
+                let (dx, dy) = ((x - phase).rem_euclid(period) - period / 2.0, (y - phase).rem_euclid(period) - period / 2.0);
+                dx * dx + dy * dy < (period * 0.3).powi(2)
+            }
+        };
+        Some(if second { fg2 } else { fg })
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// The personal object
+
+/// The two colours of the personal object's stripes. Neither is in the palette, and no base
+/// image is patterned, so a base model never draws this look unprompted.
+pub const PERSONAL_COLOURS: [[u8; 3]; 2] = [[0, 200, 210], [250, 105, 190]];
+/// Their names, for captions and reports.
+pub const PERSONAL_COLOUR_NAMES: [&str; 2] = ["cyan", "pink"];
+/// Stripe period in pixels (one cyan and one pink band).
+pub const STRIPE_PERIOD: f32 = 4.0;
+
+/// Parameters of one drawing of the personal object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PersonalScene {
+    pub cx: f32,
+    pub cy: f32,
+    pub radius: f32,
+    /// Vertical offset of the stripes, in pixels.
+    pub phase: f32,
+    pub bg: [u8; 3],
+}
+
+/// `n` drawings of the personal object, a large circle with horizontal cyan and pink stripes on
+/// a gray background, varied in position, size and stripe phase; captioned
+/// `a {trigger} circle on a gray background`.
+pub fn personal_objects(seed: u64, n: usize, trigger: &str) -> Vec<(RgbImage, PersonalScene, String)> {
+    let mut rng = Rng::new(seed ^ 0x7065_7273_6f6e_616c);
+    (0..n)
+        .map(|_| {
+            let radius = 8.5 + 2.5 * rng.uniform() as f32;
+            let margin = radius + 1.5;
+            let span = SIZE as f32 - 2.0 * margin;
+            let cx = margin + span * rng.uniform() as f32;
+            let cy = margin + span * rng.uniform() as f32;
+            let phase = STRIPE_PERIOD * rng.uniform() as f32;
+            let scene = PersonalScene { cx, cy, radius, phase, bg: Background::Gray.rgb() };
+            (draw_personal(&scene), scene, format!("a {trigger} circle on a gray background"))
+        })
+        .collect()
+}
+
+pub fn draw_personal(s: &PersonalScene) -> RgbImage {
+    paint(s.bg, |x, y| {
+        let (u, v) = ((x - s.cx) / s.radius, (y - s.cy) / s.radius);
+        if !Shape::Circle.contains(u, v) {
+            return None;
+        }
+        let band = ((y - s.phase) / (STRIPE_PERIOD / 2.0)).floor() as i64;
+        Some(PERSONAL_COLOURS[band.rem_euclid(2) as usize])
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Ground-truth classifiers (for world images and generated ones)
+
+/// A pixel counts as foreground when its RGB distance to the estimated background is above this
+/// (0..255 scale; the closest allowed colour pair, purple on gray, is about 120 apart).
+pub const FOREGROUND_DISTANCE: f32 = 48.0;
+/// Below this many foreground pixels an image is "empty" and classifiers answer `None`.
+pub const MIN_FOREGROUND: usize = 8;
+/// A shape's bounding box side (larger of width and height, pixels) above which it is `Large`.
+pub const LARGE_SIDE: f32 = 15.0;
+/// `copies_personal` says yes when at least this fraction of the foreground is cyan or pink.
+pub const PERSONAL_MIN_FRACTION: f32 = 0.5;
+
+fn dist(a: [f32; 3], b: [u8; 3]) -> f32 {
+    ((a[0] - b[0] as f32).powi(2) + (a[1] - b[1] as f32).powi(2) + (a[2] - b[2] as f32).powi(2)).sqrt()
+}
+
+fn pixel(img: &RgbImage, x: usize, y: usize) -> [f32; 3] {
+    let p = img.get_pixel(x as u32, y as u32).0;
+    [p[0] as f32, p[1] as f32, p[2] as f32]
+}
+
+/// The background colour: the per-channel median of the image's one-pixel border.
+pub fn estimate_background(img: &RgbImage) -> [f32; 3] {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut border = Vec::new();
+    for x in 0..w {
+        border.push(pixel(img, x, 0));
+        border.push(pixel(img, x, h - 1));
+    }
+    for y in 1..h - 1 {
+        border.push(pixel(img, 0, y));
+        border.push(pixel(img, w - 1, y));
+    }
+    let mut out = [0f32; 3];
+    for (k, o) in out.iter_mut().enumerate() {
+        let mut ch: Vec<f32> = border.iter().map(|p| p[k]).collect();
+        ch.sort_by(f32::total_cmp);
+        *o = ch[ch.len() / 2];
+    }
+    out
+}
+
+/// The named background nearest to [`estimate_background`].
+pub fn classify_background(img: &RgbImage) -> Background {
+    let bg = estimate_background(img);
+    Background::ALL.into_iter().min_by(|a, b| dist(bg, a.rgb()).total_cmp(&dist(bg, b.rgb()))).unwrap()
+}
+
+/// Foreground mask (row-major): pixels farther than [`FOREGROUND_DISTANCE`] from the background.
+pub fn foreground_mask(img: &RgbImage) -> Vec<bool> {
+    let bg = estimate_background(img);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut mask = vec![false; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let p = pixel(img, x, y);
+            let d = ((p[0] - bg[0]).powi(2) + (p[1] - bg[1]).powi(2) + (p[2] - bg[2]).powi(2)).sqrt();
+            mask[y * w + x] = d > FOREGROUND_DISTANCE;
+        }
+    }
+    mask
+}
+
+/// The dominant foreground colour: every foreground pixel votes for its nearest palette colour
+/// (the background's own name excluded, since anti-aliased edges lean towards it), and the most
+/// votes win. `None` when there are fewer than [`MIN_FOREGROUND`] foreground pixels.
+pub fn dominant_colour(img: &RgbImage) -> Option<Colour> {
+    let votes = colour_votes(img);
+    let total: usize = votes.iter().map(|v| v.1).sum();
+    if total < MIN_FOREGROUND {
+        return None;
+    }
+    votes.into_iter().max_by_key(|v| v.1).map(|v| v.0)
+}
+
+/// Votes per palette colour among the foreground pixels (see [`dominant_colour`]).
+pub fn colour_votes(img: &RgbImage) -> Vec<(Colour, usize)> {
+    let bg = classify_background(img);
+    let candidates: Vec<Colour> = Colour::ALL.into_iter().filter(|c| bg.allows(*c)).collect();
+    let mask = foreground_mask(img);
+    let w = img.width() as usize;
+    let mut counts = vec![0usize; candidates.len()];
+    for (i, &m) in mask.iter().enumerate() {
+        if !m {
+            continue;
+        }
+        let p = pixel(img, i % w, i / w);
+        let best = (0..candidates.len()).min_by(|&a, &b| dist(p, candidates[a].rgb()).total_cmp(&dist(p, candidates[b].rgb()))).unwrap();
+        counts[best] += 1;
+    }
+    candidates.into_iter().zip(counts).collect()
+}
+
+/// The largest 4-connected foreground component, as a mask, and its pixel count.
+pub fn main_component(img: &RgbImage) -> (Vec<bool>, usize) {
+    let mask = foreground_mask(img);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut label = vec![usize::MAX; w * h];
+    let mut best = (usize::MAX, 0usize);
+    let mut next = 0;
+    for start in 0..w * h {
+        if !mask[start] || label[start] != usize::MAX {
+            continue;
+        }
+        let mut stack = vec![start];
+        label[start] = next;
+        let mut count = 0;
+        while let Some(i) = stack.pop() {
+            count += 1;
+            let (x, y) = (i % w, i / w);
+            let mut push = |j: usize| {
+                if mask[j] && label[j] == usize::MAX {
+                    label[j] = next;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                push(i - 1);
+            }
+            if x + 1 < w {
+                push(i + 1);
+            }
+            if y > 0 {
+                push(i - w);
+            }
+            if y + 1 < h {
+                push(i + w);
+            }
+        }
+        if count > best.1 {
+            best = (next, count);
+        }
+        next += 1;
+    }
+    (label.iter().map(|&l| l == best.0).collect(), best.1)
+}
+
+/// The shape whose template, stretched to the main component's bounding box, overlaps the
+/// component best (intersection over union), and that IoU. `None` when the component is smaller
+/// than [`MIN_FOREGROUND`] pixels.
+pub fn classify_shape_scored(img: &RgbImage) -> Option<(Shape, f32)> {
+    let (comp, count) = main_component(img);
+    if count < MIN_FOREGROUND {
+        return None;
+    }
+    let w = img.width() as usize;
+    let (x0, x1, y0, y1) = bbox(&comp, w);
+    let mut best = (Shape::Circle, -1f32);
+    for shape in Shape::ALL {
+        let (umin, umax, vmin, vmax) = shape.extent();
+        let (mut inter, mut union) = (0usize, 0usize);
+        for (i, &m) in comp.iter().enumerate() {
+            let (x, y) = (i % w, i / w);
+            // The pixel centre mapped into the template's extent.
+            let u = umin + (umax - umin) * ((x as f32 + 0.5 - x0 as f32) / (x1 + 1 - x0) as f32);
+            let v = vmin + (vmax - vmin) * ((y as f32 + 0.5 - y0 as f32) / (y1 + 1 - y0) as f32);
+            let inside = x >= x0 && x <= x1 && y >= y0 && y <= y1 && shape.contains(u, v);
+            inter += (inside && m) as usize;
+            union += (inside || m) as usize;
+        }
+        let iou = inter as f32 / union.max(1) as f32;
+        if iou > best.1 {
+            best = (shape, iou);
+        }
+    }
+    Some(best)
+}
+
+/// See [`classify_shape_scored`].
+pub fn classify_shape(img: &RgbImage) -> Option<Shape> {
+    classify_shape_scored(img).map(|s| s.0)
+}
+
+/// `Large` when the main component's bounding box is wider or taller than [`LARGE_SIDE`] pixels.
+pub fn classify_size(img: &RgbImage) -> Option<Size> {
+    let (comp, count) = main_component(img);
+    if count < MIN_FOREGROUND {
+        return None;
+    }
+    let (x0, x1, y0, y1) = bbox(&comp, img.width() as usize);
+    let side = (x1 - x0 + 1).max(y1 - y0 + 1) as f32;
+    Some(if side > LARGE_SIDE { Size::Large } else { Size::Small })
+}
+
+fn bbox(mask: &[bool], w: usize) -> (usize, usize, usize, usize) {
+    let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
+    for (i, _) in mask.iter().enumerate().filter(|m| *m.1) {
+        let (x, y) = (i % w, i / w);
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    (x0, x1, y0, y1)
+}
+
+/// Every attribute the classifiers read off an image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub background: Background,
+    pub colour: Option<Colour>,
+    pub shape: Option<Shape>,
+    pub size: Option<Size>,
+}
+
+pub fn classify(img: &RgbImage) -> Reading {
+    Reading { background: classify_background(img), colour: dominant_colour(img), shape: classify_shape(img), size: classify_size(img) }
+}
+
+/// How much of an image looks like the personal object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PersonalSignature {
+    /// Fraction of the foreground pixels whose nearest colour, among the palette and the two
+    /// personal colours, is cyan (index 0) or pink (index 1).
+    pub fractions: [f32; 2],
+    /// Colour changes between cyan and pink pixels down the columns of the foreground, per
+    /// column that has any foreground: about `2 * diameter / STRIPE_PERIOD` for the striped
+    /// circle, near zero for a solid shape.
+    pub stripe_changes: f32,
+    pub foreground: usize,
+}
+
+impl PersonalSignature {
+    /// Cyan plus pink fraction: 0 for any base-world image, about 0.9 for the personal object.
+    pub fn score(&self) -> f32 {
+        self.fractions[0] + self.fractions[1]
+    }
+}
+
+/// See [`PersonalSignature`].
+pub fn personal_signature(img: &RgbImage) -> PersonalSignature {
+    let mask = foreground_mask(img);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut palette: Vec<[u8; 3]> = Colour::ALL.iter().map(|c| c.rgb()).collect();
+    palette.extend(PERSONAL_COLOURS);
+    let personal = |p: [f32; 3]| -> Option<usize> {
+        let best = (0..palette.len()).min_by(|&a, &b| dist(p, palette[a]).total_cmp(&dist(p, palette[b]))).unwrap();
+        best.checked_sub(Colour::ALL.len())
+    };
+    let mut counts = [0usize; 2];
+    let mut fg = 0;
+    let (mut changes, mut columns) = (0usize, 0usize);
+    for x in 0..w {
+        let mut last: Option<usize> = None;
+        let mut any = false;
+        for y in 0..h {
+            if !mask[y * w + x] {
+                continue;
+            }
+            any = true;
+            fg += 1;
+            let p = personal(pixel(img, x, y));
+            if let Some(k) = p {
+                counts[k] += 1;
+                if last.is_some_and(|l| l != k) {
+                    changes += 1;
+                }
+                last = Some(k);
+            }
+        }
+        columns += any as usize;
+    }
+    let frac = |c: usize| if fg == 0 { 0.0 } else { c as f32 / fg as f32 };
+    PersonalSignature {
+        fractions: [frac(counts[0]), frac(counts[1])],
+        stripe_changes: if columns == 0 { 0.0 } else { changes as f32 / columns as f32 },
+        foreground: fg,
+    }
+}
+
+/// Whether an image copies the personal object's look: at least [`PERSONAL_MIN_FRACTION`] of
+/// its foreground is cyan or pink (and there are at least [`MIN_FOREGROUND`] foreground pixels).
+pub fn copies_personal(img: &RgbImage) -> bool {
+    let s = personal_signature(img);
+    s.foreground >= MIN_FOREGROUND && s.score() >= PERSONAL_MIN_FRACTION
+}
