@@ -182,12 +182,26 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
     let mut opt = AdamW::new(adam, &trainable.sizes());
     let config_json = serde_json::to_value(cfg)?;
+    // A resumed run may train longer, or save and sample on another rhythm; everything that
+    // changes the numbers of the steps already taken must match.
+    let comparable = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            for k in ["steps", "save_every", "sample_every", "sample_prompts", "sample_steps", "device"] {
+                o.remove(k);
+            }
+        }
+        v
+    };
     let mut start = 0;
     let mut last = LossTerms::default();
     if let Some(dir) = resume {
         let ck = checkpoint::load(dir)?;
-        if ck.state.config != config_json {
-            bail!("{}: the checkpoint was made with other settings; resume with the same ones", dir.display());
+        if comparable(&ck.state.config) != comparable(&config_json) {
+            bail!("{}: the checkpoint was made with other settings; resume with the same ones (only steps, save/sample rhythm and device may change)", dir.display());
+        }
+        if ck.state.step > cfg.steps {
+            bail!("{}: the checkpoint is at step {}, past --steps {}", dir.display(), ck.state.step, cfg.steps);
         }
         if ck.names != trainable.names {
             bail!("{}: the checkpoint's parameters do not match this adapter", dir.display());
