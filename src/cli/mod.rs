@@ -10,6 +10,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod score;
+mod toy;
 mod train;
 
 /// Contrastive Adapter Training (CAT) LoRAs for Stable Diffusion 1.x/2.x, and the metrics that
@@ -37,6 +38,7 @@ enum Command {
     Eval(eval::EvalArgs),
     Demo(demo::DemoArgs),
     Bench(bench::BenchArgs),
+    Toy(toy::ToyArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -50,6 +52,7 @@ pub fn run() -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Toy(a) => toy::run(a),
     }
 }
 

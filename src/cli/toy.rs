@@ -1,0 +1,43 @@
+//! `catlora toy pretrain`: retrains the embedded toy base models from scratch.
+use anyhow::Result;
+use catlora::toy::{PretrainOptions, pretrain};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// The toy shapes world behind `catlora demo`.
+#[derive(Args, Debug)]
+pub struct ToyArgs {
+    #[command(subcommand)]
+    command: ToyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ToyCommand {
+    Pretrain(PretrainArgs),
+}
+
+/// Pretrain the toy base models (tiny CLIP, text encoder, VAE, UNet) on the shapes world, as
+/// committed under assets/toy: writes OUT/sd (a diffusers pipeline folder), OUT/clip (a
+/// transformers CLIPModel folder) and OUT/pretrain.json. Deterministic for a seed.
+#[derive(Args, Debug)]
+struct PretrainArgs {
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Multiplies every stage's step count (1 reproduces the committed weights).
+    #[arg(long, default_value_t = 1.0)]
+    steps_scale: f64,
+}
+
+pub fn run(a: ToyArgs) -> Result<()> {
+    match a.command {
+        ToyCommand::Pretrain(p) => {
+            anyhow::ensure!(p.steps_scale > 0.0 && p.steps_scale.is_finite(), "--steps-scale must be positive, not {}", p.steps_scale);
+            let opts = PretrainOptions { seed: p.seed, ..PretrainOptions::default() }.scaled(p.steps_scale);
+            let report = pretrain(&p.out, &opts)?;
+            eprintln!("wrote {} and {} in {:.0} s", p.out.join("sd").display(), p.out.join("clip").display(), report.seconds.values().sum::<f64>());
+            Ok(())
+        }
+    }
+}
