@@ -95,13 +95,18 @@ impl SafeTensorsFile {
         &self.metadata
     }
 
-    /// The tensor's values as f32 (half and double precision are converted).
-    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    /// A tensor's header entry and raw little-endian bytes.
+    fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         let info = self
             .tensors
             .get(name)
             .with_context(|| format!("{}: no tensor named `{name}`", self.path.display()))?;
-        let bytes = &self.map[self.data_start + info.start..self.data_start + info.end];
+        Ok((info, &self.map[self.data_start + info.start..self.data_start + info.end]))
+    }
+
+    /// The tensor's values as f32 (half and double precision are converted).
+    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (info, bytes) = self.raw(name)?;
         let values = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
@@ -120,11 +125,7 @@ impl SafeTensorsFile {
 
     /// The tensor's values as i64 (for token ids and similar).
     pub fn i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
-        let info = self
-            .tensors
-            .get(name)
-            .with_context(|| format!("{}: no tensor named `{name}`", self.path.display()))?;
-        let bytes = &self.map[self.data_start + info.start..self.data_start + info.end];
+        let (info, bytes) = self.raw(name)?;
         let values = match info.dtype {
             Dtype::I64 => bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
             Dtype::I32 => bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect(),
