@@ -14,7 +14,7 @@ pub fn parse(name: &str) -> Result<Device> {
 
 #[cfg(feature = "vulkan")]
 fn vulkan(spec: &str) -> Result<Device> {
-    use burn::tensor::wgpu::DeviceKind;
+    use burn::tensor::DeviceKind;
     let kind = match spec.strip_prefix("vulkan:") {
         None => DeviceKind::DefaultDevice,
         Some(n) => DeviceKind::DiscreteGpu(
