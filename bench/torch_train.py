@@ -6,17 +6,25 @@ two files side by side). One JSON line per (case, method) on stdout.
 Both methods: LoRA rank 1 (alpha 1, gaussian init as diffusers' LoRA training script) on
 to_q / to_k / to_v / to_out.0 of every attention through peft (`unet.add_adapter`), AdamW
 (lr 1e-4) over the LoRA parameters only, f32, precomputed text embeddings (no text encoder), one
-timestep (500). A step is zero_grad + forward(s) + backward + optimizer step.
+timestep (500). A step is zero_grad + x_t = DDPMScheduler.add_noise(x0, noise, t) (SD 1.x's
+scaled_linear schedule) + forward(s) + backward + optimizer step, the same step as
+`catlora bench --train` (src/bench.rs, `run_train_case`), which runs this script for its torch
+columns.
   * lora:        loss = mse(UNet_lora(x_t, trigger caption), noise)           1 forward + backward
   * cat_authors: a second, frozen UNet copy gives the base prediction on the plain caption
                  (no_grad), and the adapter UNet runs on the trigger caption and on the plain
                  caption: loss = mse(UNet_lora(x_t, trigger), noise)
                                + lambda * mse(UNet_lora(x_t, plain), UNet_base(x_t, plain))
                  3 forwards, backward through 2.
-Each (case, method) runs in a fresh child process; its peak is VmHWM of the whole child (both
-UNet copies included for cat_authors), and the step time is the median of N timed steps after one
-warm-up step. Inputs come from formulas (see torch_unet.py); the trigger and plain captions are
-two different formula embeddings.
+Each (case, method) runs in a fresh child process. Memory: rss_loaded_mb is the RSS once the one
+UNet is loaded; VmHWM is then reset, so peak_mb is the high-water mark of everything after it (the
+cat_authors second UNet copy, the adapter, the optimizer, the steps) and peak_mb - rss_loaded_mb is
+the method's own memory; peak_load_mb is the high-water mark of loading. The step time is the
+median of N timed steps after one warm-up step. Inputs come from formulas (catlora computes the
+same numbers): x0 as torch_unet.py's x, noise_i = cos(0.23 i + 0.7), trigger states as
+torch_unet.py's context, plain states 0.5 sin(0.11 j + 0.3). Every LoRA B starts at zero, so the
+first step's loss (first_loss) does not depend on the adapter's initialisation and must match
+catlora's on a checkpoint.
 
 Usage:
   python bench/torch_train.py --unet ../shared/fixtures/tiny-sd/unet [--iters 5]
@@ -37,62 +45,76 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_unet as tu  # noqa: E402
 
 METHODS = ("lora", "cat_authors")
+TIMESTEP = 500  # an integer training timestep, as catlora's TRAIN_TIMESTEP
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def run_case(case, method, threads, lam, lr):
+def run_case(case, method, threads, lam, lr, rank):
     import torch
-    from diffusers import UNet2DConditionModel  # noqa: F401  (before the baseline: runtime, not model)
+    from diffusers import DDPMScheduler, UNet2DConditionModel  # noqa: F401  (before the baseline: runtime, not model)
     from peft import LoraConfig
 
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}")
     torch.set_num_threads(threads)
     rss_base = tu.status_mb("VmRSS")
     t0 = time.perf_counter()
     unet = tu.load_unet(case["model"])
     unet.requires_grad_(False)
+    load_s = time.perf_counter() - t0
+    # The baseline of "peak above load": the one UNet is loaded; the authors' second copy, the
+    # adapter and the optimizer count as the method's own memory.
+    rss_loaded = tu.status_mb("VmRSS")
+    peak_load = tu.status_mb("VmHWM")
+    hwm_reset = tu.reset_hwm()
+    params = sum(p.numel() for p in unet.parameters())
+
     base = None
     if method == "cat_authors":
         base = copy.deepcopy(unet).eval()
-    elif method != "lora":
-        raise ValueError(f"unknown method {method!r}")
     torch.manual_seed(0)
-    unet.add_adapter(LoraConfig(r=1, lora_alpha=1, init_lora_weights="gaussian", target_modules=TARGETS))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=1, init_lora_weights="gaussian", target_modules=TARGETS))
     unet.train()
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(lora_params, lr=lr)
-    load_s = time.perf_counter() - t0
-    rss_loaded = tu.status_mb("VmRSS")
+    # SD 1.x's training noise schedule (the same numbers as catlora's `train_noise_schedule`).
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
     cfg = unet.config
     b, side, tokens, dim = case["batch"], case["latent"], case["tokens"], cfg.cross_attention_dim
-    x, trigger = tu.formula_inputs(torch, b, cfg.in_channels, side, tokens, dim)
-    n = x.numel()
-    i = torch.arange(n, dtype=torch.float64)
-    noise = torch.cos(0.23 * i + 0.7).to(torch.float32).reshape(x.shape)
+    x0, trigger = tu.formula_inputs(torch, b, cfg.in_channels, side, tokens, dim)
+    i = torch.arange(x0.numel(), dtype=torch.float64)
+    noise = torch.cos(0.23 * i + 0.7).to(torch.float32).reshape(x0.shape)
     j = torch.arange(b * tokens * dim, dtype=torch.float64)
     plain = (0.5 * torch.sin(0.11 * j + 0.3)).to(torch.float32).reshape(b, tokens, dim)
-    t = torch.full((b,), tu.TIMESTEP, dtype=torch.float32)
+    t = torch.full((b,), TIMESTEP, dtype=torch.long)
     mse = torch.nn.functional.mse_loss
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = mse(unet(x, t, encoder_hidden_states=trigger).sample, noise)
+        zt = sched.add_noise(x0, noise, t)
+        loss_d = mse(unet(zt, t, encoder_hidden_states=trigger).sample, noise)
+        loss, loss_c = loss_d, None
         if base is not None:
             with torch.no_grad():
-                target = base(x, t, encoder_hidden_states=plain).sample
-            loss = loss + lam * mse(unet(x, t, encoder_hidden_states=plain).sample, target)
+                target = base(zt, t, encoder_hidden_states=plain).sample
+            loss_c = mse(unet(zt, t, encoder_hidden_states=plain).sample, target)
+            loss = loss_d + lam * loss_c
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item(), loss_d.item(), 0.0 if loss_c is None else loss_c.item()
 
     times = []
-    loss = float("nan")
+    first = last = (float("nan"),) * 3
     for k in range(case["iters"] + 1):
         s = time.perf_counter()
-        loss = step()
+        terms = step()
         ms = (time.perf_counter() - s) * 1e3
-        if k > 0:
+        if k == 0:
+            first = terms
+        else:
             times.append(ms)
+        last = terms
 
     return {
         "case": case["name"],
@@ -100,16 +122,24 @@ def run_case(case, method, threads, lam, lr):
         "engine": tu.engine_name(torch, unet) + f" / peft {__import__('peft').__version__}",
         "threads": torch.get_num_threads(),
         "iters": case["iters"],
-        "params": sum(p.numel() for p in unet.parameters() if not p.requires_grad),
+        "params": params,
         "trainable_params": sum(p.numel() for p in lora_params),
-        "lambda": lam if base is not None else None,
+        "rank": rank,
+        "lambda": lam if base is not None else 0.0,
+        "lr": lr,
+        "forwards": 3 if base is not None else 1,
         "load_s": load_s,
         "step_ms": statistics.median(times),
         "step_all_ms": times,
         "rss_base_mb": rss_base,
         "rss_loaded_mb": rss_loaded,
+        "peak_load_mb": peak_load,
         "peak_mb": tu.status_mb("VmHWM"),
-        "loss": loss,
+        "hwm_reset": hwm_reset,
+        "first_loss": first[0],
+        "loss": last[0],
+        "loss_diffusion": last[1],
+        "loss_cat": last[2],
     }
 
 
@@ -126,11 +156,12 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--lam", type=float, default=1.0, help="weight of the preservation term (cat_authors)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--rank", type=int, default=1, help="LoRA rank (alpha 1)")
     a = ap.parse_args()
     threads = a.threads or tu.default_threads()
 
     if a.one:
-        print(json.dumps(run_case(json.loads(a.one), a.method, threads, a.lam, a.lr)), flush=True)
+        print(json.dumps(run_case(json.loads(a.one), a.method, threads, a.lam, a.lr, a.rank)), flush=True)
         return
 
     if a.cases:
@@ -154,7 +185,7 @@ def main():
     for case in cases:
         for m in methods:
             cmd = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(case), "--method", m,
-                   "--threads", str(threads), "--lam", str(a.lam), "--lr", str(a.lr)]
+                   "--threads", str(threads), "--lam", str(a.lam), "--lr", str(a.lr), "--rank", str(a.rank)]
             p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
             if p.returncode != 0 or not lines:

@@ -1,7 +1,7 @@
-//! `catlora bench`: UNet speed and memory, optionally next to PyTorch + diffusers
-//! (see `catlora::bench`).
+//! `catlora bench`: UNet speed and memory, or (`--train`) one training step of plain LoRA and of
+//! CAT, optionally next to PyTorch + diffusers (see `catlora::bench`).
 use anyhow::{Result, bail};
-use catlora::bench::{self, BenchCase, BenchOptions};
+use catlora::bench::{self, BenchCase, BenchOptions, TrainSettings};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -11,15 +11,24 @@ use std::path::PathBuf;
 /// 256 px (--sd15; the default when no --unet is given). With --torch, the same cases also run
 /// in PyTorch + diffusers (bench/torch_unet.py, embedded) and the table compares the two; make
 /// that Python with `bash scripts/setup-bench.sh`. The table goes to stdout.
+///
+/// With --train, the same cases time one whole training step instead (fixed inputs, LoRA rank 1
+/// on to_q/to_k/to_v/to_out.0, AdamW lr 1e-4): catlora's plain LoRA and CAT (lambda 1), and with
+/// --torch, peft's plain LoRA and the CAT authors' formulation (bench/torch_train.py: a second
+/// UNet copy, three forwards), with step time, peak memory and the ratios of the targets.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// Benchmark one training step (plain LoRA and CAT) instead of the bare UNet passes.
+    #[arg(long)]
+    pub train: bool,
     /// A diffusers `unet` folder, or a pipeline folder (its `unet/` is used). Repeatable.
     #[arg(long, value_name = "DIR")]
     pub unet: Vec<PathBuf>,
     /// Add the SD 1.5 UNet (random weights) at 256 px, batch 1, 77 tokens.
     #[arg(long)]
     pub sd15: bool,
-    /// Timed iterations per phase, after one warm-up [default: 10 for --unet, 3 for --sd15].
+    /// Timed iterations per phase (with --train: timed steps), after one warm-up [default: 10 for
+    /// --unet, 3 for --sd15].
     #[arg(long, value_name = "N")]
     pub iters: Option<usize>,
     /// Compute threads for both engines [default: every CPU this process may use].
@@ -31,11 +40,17 @@ pub struct BenchArgs {
     /// Internal: run one case (JSON) in this process and print its result line.
     #[arg(long = "case", hide = true, value_name = "JSON")]
     pub case: Option<String>,
+    /// Internal: run one training case (JSON) in this process and print its result line.
+    #[arg(long = "train-case", hide = true, value_name = "JSON")]
+    pub train_case: Option<String>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(json) = &a.case {
         return bench::child_main(json);
+    }
+    if let Some(json) = &a.train_case {
+        return bench::train_child_main(json);
     }
     if a.iters == Some(0) {
         bail!("--iters must be at least 1");
@@ -71,6 +86,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     {
         bail!("--torch {}: no such Python (make one with `bash scripts/setup-bench.sh`)", py.display());
     }
-    bench::run_bench(&BenchOptions { cases, torch_python: a.torch, exe: None, threads: a.threads })?;
+    let opts = BenchOptions { cases, torch_python: a.torch, exe: None, threads: a.threads };
+    if a.train {
+        bench::run_train_bench(&opts, &TrainSettings::default())?;
+    } else {
+        bench::run_bench(&opts)?;
+    }
     Ok(())
 }
