@@ -35,6 +35,9 @@ pub struct DemoArgs {
     /// Seeds per evaluation prompt.
     #[arg(long)]
     pub seeds: Option<usize>,
+    /// Classifier-free guidance of the evaluation images.
+    #[arg(long)]
+    pub cfg: Option<f64>,
     /// `cpu` or `vulkan[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -80,12 +83,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
         rank: a.rank.unwrap_or(d.rank),
         cat_weight: a.cat_weight.unwrap_or(d.cat_weight),
         seeds: a.seeds.unwrap_or(d.seeds),
+        cfg: a.cfg.unwrap_or(d.cfg),
         device: a.device,
         ..d
     };
     let models = match a.models {
         Some(m) => m,
-        None => anyhow::bail!("the embedded toy models are not built into this binary yet; pass --models DIR"),
+        None => catlora::toy::assets::materialise(&opts.out.join("models"))?,
     };
     let mut p = Stages { started: Instant::now(), bar: indicatif::ProgressBar::hidden() };
     let r = demo::run(&opts, &models, &mut p)?;

@@ -7,8 +7,10 @@
 //!   background"), the share that copy the personal object's look
 //!   ([`super::world::copies_personal`]);
 //! * `colour_diversity`: the effective number of colours among those images, `exp(H)` of the
-//!   histogram of their dominant colours ([`super::world::dominant_colour`]; images with no
-//!   readable colour are left out). The base model's value is the reference.
+//!   histogram of their colours: the personal look for an image that copies it, else its
+//!   dominant palette colour ([`super::world::dominant_colour`]; images with no readable colour
+//!   are left out). An adapter that paints every circle like the personal object collapses the
+//!   histogram into one bin. The base model's value is the reference.
 use super::world;
 use crate::evaluation::eval::{EvalOptions, EvalResults, evaluate, write_outputs};
 use crate::io::image::{load_rgb, save_png};
@@ -39,6 +41,10 @@ pub struct DemoOptions {
     pub class_images: usize,
     pub seeds: usize,
     pub sample_steps: usize,
+    /// Guidance of the evaluation images. Moderate on purpose: classifier-free guidance
+    /// multiplies whatever an adapter changes in the unconditional prediction, which no method
+    /// here trains, by `cfg - 1`.
+    pub cfg: f64,
     pub device: String,
 }
 
@@ -49,14 +55,15 @@ impl Default for DemoOptions {
             models: None,
             seed: 0,
             images: 5,
-            steps: 300,
+            steps: 600,
             rank: 4,
-            lr: 1e-3,
+            lr: 1e-2,
             cat_weight: 1.0,
             prior_weight: 1.0,
             class_images: 20,
             seeds: 8,
             sample_steps: 20,
+            cfg: 3.0,
             device: "cpu".into(),
         }
     }
@@ -97,12 +104,15 @@ pub struct DemoResults {
 pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<(f64, f64)> {
     let mut copies = 0usize;
     let mut n = 0usize;
-    let mut hist: BTreeMap<world::Colour, usize> = BTreeMap::new();
+    // `None` is the personal look's bin.
+    let mut hist: BTreeMap<Option<world::Colour>, usize> = BTreeMap::new();
     for r in eval.images.iter().filter(|r| r.model == model && r.variant == "plain") {
         let img = load_rgb(&out.join(&r.file))?;
         n += 1;
-        copies += world::copies_personal(&img) as usize;
-        if let Some(c) = world::dominant_colour(&img) {
+        let copy = world::copies_personal(&img);
+        copies += copy as usize;
+        let colour = if copy { Some(None) } else { world::dominant_colour(&img).map(Some) };
+        if let Some(c) = colour {
             *hist.entry(c).or_default() += 1;
         }
     }
@@ -192,7 +202,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
         first_seed: opts.seed,
         steps: opts.sample_steps,
         sampler: SamplerKind::DpmPp2mKarras,
-        cfg: 7.5,
+        cfg: opts.cfg,
         resolution,
         out: out.join("eval"),
         device: opts.device.clone(),

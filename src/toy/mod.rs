@@ -3,6 +3,7 @@
 //! (see `world`), saved in the diffusers / transformers layouts the rest of the crate loads.
 pub mod params;
 pub mod world;
+pub mod assets;
 pub mod clip;
 pub mod demo;
 pub mod eval;

@@ -114,7 +114,7 @@ impl Default for PretrainOptions {
             seed: 0,
             clip: StageOptions { steps: 1200, batch: 64, lr: 2e-3 },
             vae: StageOptions { steps: 800, batch: 16, lr: 1e-3 },
-            unet: StageOptions { steps: 2500, batch: 32, lr: 1e-3 },
+            unet: StageOptions { steps: 2000, batch: 32, lr: 1e-3 },
             unet_pool: 6144,
             ema_decay: 0.998,
             vae_kl: 2e-5,

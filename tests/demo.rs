@@ -1,0 +1,38 @@
+//! `catlora demo` end to end with the embedded toy models: every file it promises, every number
+//! per method, and the paper's claims as this run shows them.
+use std::process::Command;
+
+#[test]
+fn demo_runs_on_the_embedded_models_and_shows_the_claims() {
+    let out = std::env::temp_dir().join(format!("catlora-demo-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = Command::new(env!("CARGO_BIN_EXE_catlora")).args(["demo", "--out"]).arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "demo failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("KPS") && stdout.contains("cat") && stdout.contains("dreambooth"), "{stdout}");
+
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for method in ["base", "lora", "cat", "dreambooth"] {
+        let m = &r["methods"][method];
+        for key in ["identity_similarity", "prompt_similarity", "diversity", "copy_rate", "colour_diversity"] {
+            assert!(m[key].as_f64().is_some_and(f64::is_finite), "{method}.{key} missing: {m}");
+        }
+        assert_eq!(m["kps"].is_null(), method == "base", "{method}.kps: {m}");
+    }
+    let claims = r["claims"].as_array().unwrap();
+    assert_eq!(claims.len(), 4);
+    let holds = |prefix: &str| claims.iter().find(|c| c["claim"].as_str().unwrap().starts_with(prefix)).unwrap()["holds"].as_bool().unwrap();
+    // These three hold with the committed models and defaults; the fourth (CAT's colour
+    // diversity within 0.9x of the base model's) does not yet, see the README.
+    assert!(holds("KPS(CAT)"), "{claims:?}");
+    assert!(holds("identity(CAT)"), "{claims:?}");
+    assert!(holds("colour diversity(LoRA)"), "{claims:?}");
+
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("copy rate") && html.contains("colour diversity") && html.contains("<svg"), "report lacks its parts");
+    for f in ["adapters/lora.safetensors", "adapters/cat.safetensors", "adapters/dreambooth.safetensors", "adapters/cat.log.jsonl", "data/00.png", "data/00.txt"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
