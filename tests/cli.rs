@@ -280,3 +280,11 @@ fn bench_runs_the_fixture_unet() {
     assert!(table.contains("tiny-sd") && table.contains("forward (ms)"), "{table}");
     fails(&["bench", "--unet", "/no/unet"], &["/no/unet"]);
 }
+
+#[test]
+fn bench_clip_prints_images_per_second() {
+    let clip = fixtures().join("tiny-clip").display().to_string();
+    let table = ok(&["bench", "--clip", &clip]);
+    assert!(table.contains("images/s") && table.contains("tiny-clip") && table.contains("ViT-B/32"), "{table}");
+    fails(&["bench", "--clip", "/no/clip"], &["/no/clip"]);
+}

@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Python of a venv with torch and diffusers, for the comparison column.
     #[arg(long, value_name = "PYTHON")]
     pub torch: Option<PathBuf>,
+    /// Benchmark CLIP image embedding instead: images per second for this CLIPModel folder and
+    /// for a ViT-B/32-shaped CLIP with random weights (using this folder's tokenizer).
+    #[arg(long, value_name = "DIR")]
+    pub clip: Option<PathBuf>,
     /// Internal: run one case (JSON) in this process and print its result line.
     #[arg(long = "case", hide = true, value_name = "JSON")]
     pub case: Option<String>,
@@ -54,6 +58,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if a.iters == Some(0) {
         bail!("--iters must be at least 1");
+    }
+    if let Some(dir) = &a.clip {
+        return clip_bench(dir);
     }
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
@@ -91,6 +98,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bench::run_train_bench(&opts, &TrainSettings::default())?;
     } else {
         bench::run_bench(&opts)?;
+    }
+    Ok(())
+}
+
+/// Images per second through CLIP's vision tower, batched as scoring does.
+fn clip_bench(dir: &std::path::Path) -> Result<()> {
+    use catlora::evaluation::{clip::ClipModel, throughput};
+    let device = catlora::device::parse("cpu")?;
+    println!("{:<32} {:>6} {:>7} {:>10} {:>10}", "CLIP", "batch", "images", "seconds", "images/s");
+    let mut fixture = ClipModel::load(dir, &device)?;
+    let mut vit = throughput::random_vit_b32(dir, &device)?;
+    for (name, clip, n) in [(dir.display().to_string(), &mut fixture, 256), ("ViT-B/32, random weights".to_string(), &mut vit, 32)] {
+        let t = throughput::embedding_throughput(clip, n, 16)?;
+        println!("{name:<32} {:>6} {:>7} {:>10.2} {:>10.1}", t.batch, t.images, t.seconds, t.images_per_second());
     }
     Ok(())
 }

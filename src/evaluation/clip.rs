@@ -122,7 +122,7 @@ impl ClipModel {
             config.text_config.eos_token_id = tokenizer.eos_id();
         }
         let w = Weights::open_dir(dir, "model", device)?;
-        let (tc, vc, proj) = (&config.text_config, &config.vision_config, config.projection_dim);
+        let vc = &config.vision_config;
         let preprocess_path = dir.join("preprocessor_config.json");
         let preprocess = if preprocess_path.is_file() {
             ClipPreprocess::load(&preprocess_path, vc.image_size)?
@@ -137,11 +137,18 @@ impl ClipModel {
                 vc.image_size
             );
         }
+        Self::build(&w, &config, tokenizer, preprocess)
+    }
+
+    /// Builds the model from weights already opened (a file, or seeded random weights for
+    /// benchmarks) and a parsed config.
+    pub fn build(w: &Weights, config: &ClipModelConfig, tokenizer: ClipTokenizer, preprocess: ClipPreprocess) -> Result<Self> {
+        let (tc, vc, proj) = (&config.text_config, &config.vision_config, config.projection_dim);
         Ok(Self {
-            text: ClipTextModel::load(&w, tc, Some("text_model"))?,
-            text_projection: Linear::load(&w, "text_projection", tc.hidden_size, proj, false)?,
-            vision: ClipVisionModel::load(&w, vc, "vision_model")?,
-            visual_projection: Linear::load(&w, "visual_projection", vc.hidden_size, proj, false)?,
+            text: ClipTextModel::load(w, tc, Some("text_model"))?,
+            text_projection: Linear::load(w, "text_projection", tc.hidden_size, proj, false)?,
+            vision: ClipVisionModel::load(w, vc, "vision_model")?,
+            visual_projection: Linear::load(w, "visual_projection", vc.hidden_size, proj, false)?,
             tokenizer,
             preprocess,
             projection_dim: proj,

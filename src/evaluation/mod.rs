@@ -5,3 +5,4 @@ pub mod eval;
 pub mod metrics;
 pub mod report;
 pub mod score;
+pub mod throughput;
