@@ -239,20 +239,32 @@ pub fn run_case_in_child(exe: &Path, case: &BenchCase) -> Result<BenchResult> {
 }
 
 fn run_case_in_child_threads(exe: &Path, case: &BenchCase, threads: Option<usize>) -> Result<BenchResult> {
+    let what = format!("benchmark case `{}`", case.name);
+    let stdout = run_child(exe, child_args(case)?, threads, &what)?;
+    parse_result_lines(&stdout)?.into_iter().next().with_context(|| format!("{what}: the child printed no JSON result: {}", stdout.trim()))
+}
+
+/// Runs `<exe> <args>` (a benchmark child) with `threads` compute threads and returns its stdout.
+fn run_child(exe: &Path, args: Vec<String>, threads: Option<usize>, what: &str) -> Result<String> {
     let mut cmd = Command::new(exe);
-    cmd.args(child_args(case)?).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
     if let Some(n) = threads {
         cmd.env("RAYON_NUM_THREADS", n.to_string());
     }
     let out = cmd.output().with_context(|| format!("cannot run {}", exe.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("benchmark case `{}` failed in {} ({}): {}", case.name, exe.display(), out.status, stdout.trim());
+        bail!("{what} failed in {} ({}): {}", exe.display(), out.status, stdout.trim());
     }
-    parse_result_lines(&stdout)?
-        .into_iter()
-        .next()
-        .with_context(|| format!("benchmark case `{}`: the child printed no JSON result: {}", case.name, stdout.trim()))
+    Ok(stdout)
+}
+
+/// A child's only output: its result as one JSON line on stdout.
+fn print_result_line<T: Serialize>(r: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(r)?)?;
+    out.flush()?;
+    Ok(())
 }
 
 /// The arguments of the per-case child: `["bench", "--case", <JSON>]`.
@@ -263,11 +275,7 @@ pub fn child_args(case: &BenchCase) -> Result<Vec<String>> {
 /// The child's whole job: parse the case, run it, print one JSON line on stdout.
 pub fn child_main(case_json: &str) -> Result<()> {
     let case: BenchCase = serde_json::from_str(case_json).context("`--case` is not a benchmark case in JSON")?;
-    let r = run_case(&case)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::to_string(&r)?)?;
-    out.flush()?;
-    Ok(())
+    print_result_line(&run_case(&case)?)
 }
 
 /// Runs one case in this process. Its memory figures are this process's `VmHWM`, with the
@@ -710,26 +718,13 @@ pub fn train_child_args(tc: &TrainCase) -> Result<Vec<String>> {
 /// The training child's whole job: parse the case, run it, print one JSON line on stdout.
 pub fn train_child_main(case_json: &str) -> Result<()> {
     let tc: TrainCase = serde_json::from_str(case_json).context("`--train-case` is not a training benchmark case in JSON")?;
-    let r = run_train_case(&tc)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::to_string(&r)?)?;
-    out.flush()?;
-    Ok(())
+    print_result_line(&run_train_case(&tc)?)
 }
 
 /// Runs one training case in a child process `<exe> bench --train-case <JSON>`.
 pub fn run_train_case_in_child(exe: &Path, tc: &TrainCase, threads: Option<usize>) -> Result<TrainResult> {
-    let mut cmd = Command::new(exe);
-    cmd.args(train_child_args(tc)?).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    if let Some(n) = threads {
-        cmd.env("RAYON_NUM_THREADS", n.to_string());
-    }
-    let out = cmd.output().with_context(|| format!("cannot run {}", exe.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let what = format!("training case `{}` / {}", tc.case.name, tc.method.label());
-    if !out.status.success() {
-        bail!("{what} failed in {} ({}): {}", exe.display(), out.status, stdout.trim());
-    }
+    let stdout = run_child(exe, train_child_args(tc)?, threads, &what)?;
     parse_train_lines(&stdout)?.into_iter().next().with_context(|| format!("{what}: the child printed no JSON result: {}", stdout.trim()))
 }
 
