@@ -383,3 +383,33 @@ fn write_samples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, step
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same draws give ε as the target of an ε model and `α ε − σ x0` for a v model.
+    #[test]
+    fn velocity_target_for_v_prediction_models() {
+        let dev = burn::tensor::Device::flex();
+        let noise = NoiseSchedule::new(&crate::schedulers::SchedulerConfig::default());
+        let x0 = Rng::new(1).normal_tensor([2, 4, 3, 3], &dev);
+        let cfg = TrainConfig::default();
+        let (zt_e, t_e, eps) = noised(x0.clone(), &noise, PredictionType::Epsilon, &cfg, &mut Rng::new(5)).unwrap();
+        let (zt_v, t_v, v) = noised(x0.clone(), &noise, PredictionType::VPrediction, &cfg, &mut Rng::new(5)).unwrap();
+        assert_eq!(t_e, t_v);
+        let host = |t: Tensor<4>| t.into_data().convert::<f32>().as_slice::<f32>().unwrap().to_vec();
+        assert_eq!(host(zt_e.clone()), host(zt_v));
+        // eps from zt = α x0 + σ ε.
+        let (x, z, e, v) = (host(x0.clone()), host(zt_e), host(eps), host(v));
+        for (b, &t) in t_e.iter().enumerate() {
+            let (a, s) = (noise.alphas_cumprod[t].sqrt(), (1.0 - noise.alphas_cumprod[t]).sqrt());
+            for k in b * 36..(b + 1) * 36 {
+                assert!((z[k] - (a * x[k] + s * e[k])).abs() < 1e-5);
+                assert!((v[k] - (a * e[k] - s * x[k])).abs() < 1e-5, "{} vs {}", v[k], a * e[k] - s * x[k]);
+            }
+        }
+        let err = noised(x0, &noise, PredictionType::Sample, &cfg, &mut Rng::new(5)).unwrap_err().to_string();
+        assert!(err.contains("sample"), "{err}");
+    }
+}
