@@ -92,6 +92,15 @@ fn adapted_and_base_loss(sd: &mut StableDiffusion, data: &Dataset, file: &lora_f
     (adapted, base)
 }
 
+/// Trains, then loads the model, its prepared data and the written adapter file.
+fn train_and_load(cfg: &TrainConfig) -> (catlora::training::trainer::Outcome, StableDiffusion, Dataset, lora_file::LoraFile) {
+    let out = train(cfg, None, &mut Silent).unwrap();
+    let mut sd = StableDiffusion::load(&cfg.model, &device()).unwrap();
+    let data = Dataset::prepare(&sd, cfg, true).unwrap();
+    let file = lora_file::read(&out.paths.adapter, &sd.targets().known_modules()).unwrap();
+    (out, sd, data, file)
+}
+
 #[test]
 fn same_seed_same_bytes_and_resume_matches_an_uninterrupted_run() {
     let (cfg, dir) = config("resume", Method::Cat);
@@ -126,13 +135,7 @@ fn training_lowers_the_loss_and_the_file_round_trips() {
     cfg.lr = 3e-3;
     cfg.save_every = 0;
     cfg.format = FileFormat::Diffusers;
-    let out = train(&cfg, None, &mut Silent).unwrap();
-
-    let dev = device();
-    let mut sd = StableDiffusion::load(&cfg.model, &dev).unwrap();
-    let data = Dataset::prepare(&sd, &cfg, true).unwrap();
-    let known = sd.targets().known_modules();
-    let file = lora_file::read(&out.paths.adapter, &known).unwrap();
+    let (out, mut sd, data, file) = train_and_load(&cfg);
     assert_eq!(file.entries.len(), 128);
     assert!(file.entries.iter().all(|e| e.rank == 2 && e.alpha == 2.0));
     assert_eq!(file.metadata.get("catlora_method").map(String::as_str), Some("lora"));
@@ -198,10 +201,7 @@ fn v_prediction_models_train() {
     cfg.steps = 40;
     cfg.lr = 3e-3;
     cfg.save_every = 0;
-    let out = train(&cfg, None, &mut Silent).unwrap();
-    let mut sd = StableDiffusion::load(&cfg.model, &device()).unwrap();
-    let data = Dataset::prepare(&sd, &cfg, true).unwrap();
-    let file = lora_file::read(&out.paths.adapter, &sd.targets().known_modules()).unwrap();
+    let (_, mut sd, data, file) = train_and_load(&cfg);
     let ts: Vec<usize> = (0..10).map(|k| 50 + 100 * k).collect();
     let (trained, base) = adapted_and_base_loss(&mut sd, &data, &file, true, &ts);
     eprintln!("velocity loss on the training data: base {base:.5}, adapted {trained:.5}");

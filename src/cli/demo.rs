@@ -102,6 +102,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
             m.identity_similarity, m.prompt_similarity, m.diversity, m.copy_rate, m.colour_diversity
         );
     }
+    println!("colours of the trigger-less class images:");
+    for (name, m) in &r.methods {
+        println!("  {name:<10} {}", demo::colour_summary(&m.colours));
+    }
     for c in &r.claims {
         println!("{} {}", if c.holds { "holds:" } else { "DOES NOT HOLD:" }, c.claim);
     }

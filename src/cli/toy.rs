@@ -28,15 +28,24 @@ struct PretrainArgs {
     /// Multiplies every stage's step count (1 reproduces the committed weights).
     #[arg(long, default_value_t = 1.0)]
     steps_scale: f64,
+    /// Take the CLIP (and so the text encoder) from this earlier output folder instead of
+    /// training it again. With the same seed and options the result equals a full run's.
+    #[arg(long, value_name = "DIR")]
+    reuse_clip: Option<PathBuf>,
+    /// Take the VAE from this earlier output folder, likewise.
+    #[arg(long, value_name = "DIR")]
+    reuse_vae: Option<PathBuf>,
 }
 
 pub fn run(a: ToyArgs) -> Result<()> {
     match a.command {
         ToyCommand::Pretrain(p) => {
             anyhow::ensure!(p.steps_scale > 0.0 && p.steps_scale.is_finite(), "--steps-scale must be positive, not {}", p.steps_scale);
-            let opts = PretrainOptions { seed: p.seed, ..PretrainOptions::default() }.scaled(p.steps_scale);
+            let opts = PretrainOptions { seed: p.seed, reuse_clip: p.reuse_clip, reuse_vae: p.reuse_vae, ..PretrainOptions::default() }
+                .scaled(p.steps_scale);
             let report = pretrain(&p.out, &opts)?;
-            eprintln!("wrote {} and {} in {:.0} s", p.out.join("sd").display(), p.out.join("clip").display(), report.seconds.values().sum::<f64>());
+            let total = report.seconds.get("total_training").copied().unwrap_or_default() + report.seconds.get("evaluation").copied().unwrap_or_default();
+            eprintln!("wrote {} and {} in {total:.0} s", p.out.join("sd").display(), p.out.join("clip").display());
             Ok(())
         }
     }

@@ -217,15 +217,69 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// IEEE single to half precision, rounding to nearest even (overflow to infinity).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let mant = bits & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        // Subnormal: shift the mantissa (with its implicit one) right, rounding to nearest even.
+        let m = mant | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rest = m & ((1u32 << shift) - 1);
+        let mut h = (m >> shift) as u16;
+        if rest > half || (rest == half && (h & 1) == 1) {
+            h += 1;
+        }
+        return sign | h;
+    }
+    let mut h = ((e as u32) << 10 | (mant >> 13)) as u16;
+    let rest = mant & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && (h & 1) == 1) {
+        // May carry into the exponent, which is the correct rounding (up to infinity).
+        h += 1;
+    }
+    sign | h
+}
+
 /// A tensor to be written: f32 values with a shape.
 pub struct OwnedTensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
 }
 
+/// Element type of a written file: every tensor is given as f32 and stored as this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreAs {
+    F32,
+    /// IEEE half precision, rounded to nearest even.
+    F16,
+}
+
 /// Serialises f32 tensors and string metadata into safetensors bytes. Names are sorted, so the
 /// same tensors always give the same bytes.
 pub fn serialize(tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    serialize_as(tensors, metadata, StoreAs::F32)
+}
+
+/// [`serialize`], storing every tensor as `store`.
+pub fn serialize_as(tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap<String, String>, store: StoreAs) -> Result<Vec<u8>> {
+    let (size, dtype) = match store {
+        StoreAs::F32 => (4, "F32"),
+        StoreAs::F16 => (2, "F16"),
+    };
     let mut header = Map::new();
     if !metadata.is_empty() {
         let m: Map<String, Value> = metadata.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
@@ -238,11 +292,11 @@ pub fn serialize(tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap<St
             bail!("tensor `{name}`: shape {:?} holds {n} values but {} were given", t.shape, t.data.len());
         }
         let mut e = Map::new();
-        e.insert("dtype".into(), Value::String("F32".into()));
+        e.insert("dtype".into(), Value::String(dtype.into()));
         e.insert("shape".into(), Value::Array(t.shape.iter().map(|&d| Value::from(d as u64)).collect()));
-        e.insert("data_offsets".into(), Value::Array(vec![Value::from(offset as u64), Value::from((offset + n * 4) as u64)]));
+        e.insert("data_offsets".into(), Value::Array(vec![Value::from(offset as u64), Value::from((offset + n * size) as u64)]));
         header.insert(name.clone(), Value::Object(e));
-        offset += n * 4;
+        offset += n * size;
     }
     let mut json = serde_json::to_vec(&Value::Object(header))?;
     // Pad the header so the data section is 8-byte aligned, as the reference writer does.
@@ -253,8 +307,11 @@ pub fn serialize(tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap<St
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&json);
     for t in tensors.values() {
-        for v in &t.data {
-            out.extend_from_slice(&v.to_le_bytes());
+        for &v in &t.data {
+            match store {
+                StoreAs::F32 => out.extend_from_slice(&v.to_le_bytes()),
+                StoreAs::F16 => out.extend_from_slice(&f32_to_f16(v).to_le_bytes()),
+            }
         }
     }
     Ok(out)
@@ -262,7 +319,12 @@ pub fn serialize(tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap<St
 
 /// Writes tensors atomically to `path`.
 pub fn write(path: &Path, tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap<String, String>) -> Result<()> {
-    let bytes = serialize(tensors, metadata)?;
+    write_as(path, tensors, metadata, StoreAs::F32)
+}
+
+/// [`write`], storing every tensor as `store`.
+pub fn write_as(path: &Path, tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap<String, String>, store: StoreAs) -> Result<()> {
+    let bytes = serialize_as(tensors, metadata, store)?;
     super::atomic::write(path, &bytes)
 }
 
@@ -276,6 +338,34 @@ mod tests {
         assert_eq!(f16_to_f32(0xc000), -2.0);
         assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
         assert_eq!(f16_to_f32(0x7bff), 65504.0);
+    }
+
+    #[test]
+    fn half_precision_round_trip() {
+        for x in [0.0f32, 1.0, -2.0, 65504.0, 5.960_464_5e-8, 0.1, 3.25, -1e-5, 1e-7] {
+            let back = f16_to_f32(f32_to_f16(x));
+            let tol = (x.abs() * 1e-3).max(6e-8);
+            assert!((back - x).abs() <= tol, "{x} -> {back}");
+        }
+        assert_eq!(f32_to_f16(1.0), 0x3c00);
+        assert_eq!(f32_to_f16(-2.0), 0xc000);
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
+        // Every half value survives the round trip exactly.
+        for h in 0u16..0x7c00 {
+            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#x}");
+        }
+    }
+
+    #[test]
+    fn half_precision_files_read_back() {
+        let dir = std::env::temp_dir().join(format!("catlora-st16-{}", std::process::id()));
+        let path = dir.join("h.safetensors");
+        let t = BTreeMap::from([("w".to_string(), OwnedTensor { shape: vec![3], data: vec![1.0, -0.1, 65504.0] })]);
+        write_as(&path, &t, &BTreeMap::new(), StoreAs::F16).unwrap();
+        let f = SafeTensorsFile::open(&path).unwrap();
+        assert_eq!(f.info("w").unwrap().dtype, Dtype::F16);
+        assert_eq!(f.f32("w").unwrap(), (vec![3], vec![1.0, f16_to_f32(f32_to_f16(-0.1)), 65504.0]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -2,23 +2,11 @@
 //! pre-norm causal self-attention layers, a final layer norm. Also the text tower of a full
 //! `CLIPModel`, used by the evaluation metrics.
 use super::config::ClipTextConfig;
-use super::layers::{Attention, LayerNorm, Linear, LoraTarget, ParamVisitor, gelu, join, quick_gelu};
+use super::clip_encoder::ClipEncoderLayer;
+use super::layers::{LayerNorm, LoraTarget, ParamVisitor, join};
 use super::weights::Weights;
 use anyhow::Result;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    quick: bool,
-}
-
-struct EncoderLayer {
-    layer_norm1: LayerNorm,
-    self_attn: Attention,
-    layer_norm2: LayerNorm,
-    mlp: Mlp,
-}
 
 pub struct ClipTextModel {
     pub config: ClipTextConfig,
@@ -26,7 +14,7 @@ pub struct ClipTextModel {
     prefix: String,
     token_embedding: Tensor<2>,
     position_embedding: Tensor<2>,
-    layers: Vec<EncoderLayer>,
+    layers: Vec<ClipEncoderLayer>,
     final_layer_norm: LayerNorm,
 }
 
@@ -45,23 +33,7 @@ impl ClipTextModel {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let l = p(&format!("encoder.layers.{i}"));
-            layers.push(EncoderLayer {
-                layer_norm1: LayerNorm::load(w, &join(&l, "layer_norm1"), h, c.layer_norm_eps)?,
-                self_attn: Attention {
-                    to_q: Linear::load(w, &join(&l, "self_attn.q_proj"), h, h, true)?,
-                    to_k: Linear::load(w, &join(&l, "self_attn.k_proj"), h, h, true)?,
-                    to_v: Linear::load(w, &join(&l, "self_attn.v_proj"), h, h, true)?,
-                    to_out: Linear::load(w, &join(&l, "self_attn.out_proj"), h, h, true)?,
-                    heads: c.num_attention_heads,
-                    names: ["q_proj", "k_proj", "v_proj", "out_proj"],
-                },
-                layer_norm2: LayerNorm::load(w, &join(&l, "layer_norm2"), h, c.layer_norm_eps)?,
-                mlp: Mlp {
-                    fc1: Linear::load(w, &join(&l, "mlp.fc1"), h, c.intermediate_size, true)?,
-                    fc2: Linear::load(w, &join(&l, "mlp.fc2"), c.intermediate_size, h, true)?,
-                    quick: c.hidden_act == "quick_gelu",
-                },
-            });
+            layers.push(ClipEncoderLayer::load(w, &l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, &c.hidden_act)?);
         }
         Ok(Self {
             config: c.clone(),
@@ -95,12 +67,7 @@ impl ClipTextModel {
         let mut x = x + pos;
         let keep = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());
         for layer in &self.layers[..keep] {
-            let h = layer.self_attn.forward(layer.layer_norm1.forward(x.clone()), None, true);
-            x = x + h;
-            let h = layer.layer_norm2.forward(x.clone());
-            let h = layer.mlp.fc1.forward(h);
-            let h = if layer.mlp.quick { quick_gelu(h) } else { gelu(h) };
-            x = x + layer.mlp.fc2.forward(h);
+            x = layer.forward(x, true);
         }
         self.final_layer_norm.forward(x)
     }
@@ -126,12 +93,7 @@ impl ClipTextModel {
     pub fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
-            let base = format!("text_model.encoder.layers.{i}");
-            for (name, lin) in l.self_attn.linears_mut() {
-                out.push((format!("{base}.self_attn.{name}"), LoraTarget::Linear(lin)));
-            }
-            out.push((format!("{base}.mlp.fc1"), LoraTarget::Linear(&mut l.mlp.fc1)));
-            out.push((format!("{base}.mlp.fc2"), LoraTarget::Linear(&mut l.mlp.fc2)));
+            l.lora_targets(&format!("text_model.encoder.layers.{i}"), &mut out);
         }
         out
     }
@@ -141,12 +103,7 @@ impl ClipTextModel {
         v.visit2(&join(&p, "embeddings.token_embedding.weight"), &mut self.token_embedding);
         v.visit2(&join(&p, "embeddings.position_embedding.weight"), &mut self.position_embedding);
         for (i, l) in self.layers.iter_mut().enumerate() {
-            let base = join(&p, &format!("encoder.layers.{i}"));
-            l.layer_norm1.visit(&join(&base, "layer_norm1"), v);
-            l.self_attn.visit(&join(&base, "self_attn"), v);
-            l.layer_norm2.visit(&join(&base, "layer_norm2"), v);
-            l.mlp.fc1.visit(&join(&base, "mlp.fc1"), v);
-            l.mlp.fc2.visit(&join(&base, "mlp.fc2"), v);
+            l.visit(&join(&p, &format!("encoder.layers.{i}")), v);
         }
         self.final_layer_norm.visit(&join(&p, "final_layer_norm"), v);
     }

@@ -1,7 +1,8 @@
 //! The CLIP vision transformer (transformers' `CLIPVisionModel`): a patch-embedding convolution,
 //! a class token and position embeddings, `pre_layrnorm`, pre-norm bidirectional encoder layers,
 //! and `post_layernorm` on the class token. Used by the evaluation metrics through `CLIPModel`.
-use super::layers::{Attention, LayerNorm, Linear, gelu, join, quick_gelu};
+pub use super::clip_encoder::ClipEncoderLayer;
+use super::layers::{LayerNorm, ParamVisitor, join};
 use super::weights::Weights;
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
@@ -83,46 +84,6 @@ impl ClipVisionConfig {
     }
 }
 
-/// One pre-norm CLIP encoder layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp.fc1/fc2`),
-/// the same as the text encoder's; the caller says whether attention is causal.
-pub struct ClipEncoderLayer {
-    pub layer_norm1: LayerNorm,
-    pub self_attn: Attention,
-    pub layer_norm2: LayerNorm,
-    pub fc1: Linear,
-    pub fc2: Linear,
-    /// `quick_gelu` when true, exact GELU otherwise.
-    pub quick: bool,
-}
-
-impl ClipEncoderLayer {
-    pub fn load(w: &Weights, prefix: &str, hidden: usize, intermediate: usize, heads: usize, eps: f64, act: &str) -> Result<Self> {
-        let p = |s: &str| join(prefix, s);
-        Ok(Self {
-            layer_norm1: LayerNorm::load(w, &p("layer_norm1"), hidden, eps)?,
-            self_attn: Attention {
-                to_q: Linear::load(w, &p("self_attn.q_proj"), hidden, hidden, true)?,
-                to_k: Linear::load(w, &p("self_attn.k_proj"), hidden, hidden, true)?,
-                to_v: Linear::load(w, &p("self_attn.v_proj"), hidden, hidden, true)?,
-                to_out: Linear::load(w, &p("self_attn.out_proj"), hidden, hidden, true)?,
-                heads,
-                names: ["q_proj", "k_proj", "v_proj", "out_proj"],
-            },
-            layer_norm2: LayerNorm::load(w, &p("layer_norm2"), hidden, eps)?,
-            fc1: Linear::load(w, &p("mlp.fc1"), hidden, intermediate, true)?,
-            fc2: Linear::load(w, &p("mlp.fc2"), intermediate, hidden, true)?,
-            quick: act == "quick_gelu",
-        })
-    }
-
-    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), None, causal);
-        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
-        let h = if self.quick { quick_gelu(h) } else { gelu(h) };
-        x + self.fc2.forward(h)
-    }
-}
-
 pub struct ClipVisionModel {
     pub config: ClipVisionConfig,
     /// `[hidden, channels, patch, patch]`; CLIP's patch convolution has no bias.
@@ -191,5 +152,18 @@ impl ClipVisionModel {
         let x = self.forward(pixel_values)?;
         let [b, _, h] = x.dims();
         Ok(self.post_layernorm.forward(x.narrow(1, 0, 1).reshape([b, h])))
+    }
+
+    /// Every parameter under its transformers name below `prefix` (`vision_model`).
+    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
+        let k = |s: &str| join(prefix, s);
+        v.visit4(&k("embeddings.patch_embedding.weight"), &mut self.patch_embedding);
+        v.visit1(&k("embeddings.class_embedding"), &mut self.class_embedding);
+        v.visit2(&k("embeddings.position_embedding.weight"), &mut self.position_embedding);
+        self.pre_layrnorm.visit(&k("pre_layrnorm"), v);
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            l.visit(&k(&format!("encoder.layers.{i}")), v);
+        }
+        self.post_layernorm.visit(&k("post_layernorm"), v);
     }
 }

@@ -1,4 +1,5 @@
 //! The Stable Diffusion components, one file each, and the pieces they share.
+pub mod clip_encoder;
 pub mod clip_text;
 pub mod clip_vision;
 pub mod config;

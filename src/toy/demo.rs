@@ -1,6 +1,8 @@
 //! `catlora demo`: the paper's experiment in the toy world, on a CPU, in minutes. Five drawings
 //! of one personal object (a cyan-and-pink striped circle the base model never draws) train
-//! three adapters with the same seed and steps: plain LoRA, CAT and DreamBooth. Each is then
+//! three adapters with the same seed and steps: plain LoRA, CAT and DreamBooth (class prompt "a
+//! circle"). The drawings sit on the three backgrounds in turn, as photos of one object are taken
+//! in several places. Each is then
 //! scored with CLIP (the evaluation module) and with the world's ground truth:
 //!
 //! * `copy_rate`: among images of trigger-less class prompts ("a circle on a gray
@@ -39,6 +41,9 @@ pub struct DemoOptions {
     pub cat_weight: f64,
     pub prior_weight: f64,
     pub class_images: usize,
+    /// Seeds per evaluation prompt. 32 (128 class images per model): with 8, the colour
+    /// diversity of one model varies by about 10 % from one seed set to the next, as much as the
+    /// margin the claims test.
     pub seeds: usize,
     pub sample_steps: usize,
     /// Guidance of the evaluation images. Moderate on purpose: classifier-free guidance
@@ -57,11 +62,11 @@ impl Default for DemoOptions {
             images: 5,
             steps: 600,
             rank: 4,
-            lr: 1e-2,
+            lr: 5e-3,
             cat_weight: 1.0,
             prior_weight: 1.0,
             class_images: 20,
-            seeds: 8,
+            seeds: 32,
             sample_steps: 20,
             cfg: 3.0,
             device: "cpu".into(),
@@ -83,6 +88,9 @@ pub struct MethodResult {
     pub diversity: f64,
     pub copy_rate: f64,
     pub colour_diversity: f64,
+    /// The histogram behind `colour_diversity`: images per dominant colour (`personal` for
+    /// copies of the personal look, `unreadable` for images with no readable colour).
+    pub colours: BTreeMap<String, usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -100,25 +108,42 @@ pub struct DemoResults {
     pub seconds: f64,
 }
 
-/// Copy rate and colour diversity of the trigger-less images of one model.
-pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<(f64, f64)> {
+/// Ground truth of the trigger-less images of one model.
+pub struct Truth {
+    pub copy_rate: f64,
+    pub colour_diversity: f64,
+    pub colours: BTreeMap<String, usize>,
+}
+
+/// Copy rate, colour diversity and the colour histogram of the trigger-less images of one model.
+pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<Truth> {
     let mut copies = 0usize;
     let mut n = 0usize;
-    // `None` is the personal look's bin.
-    let mut hist: BTreeMap<Option<world::Colour>, usize> = BTreeMap::new();
+    let mut colours: BTreeMap<String, usize> = BTreeMap::new();
     for r in eval.images.iter().filter(|r| r.model == model && r.variant == "plain") {
         let img = load_rgb(&out.join(&r.file))?;
         n += 1;
         let copy = world::copies_personal(&img);
         copies += copy as usize;
-        let colour = if copy { Some(None) } else { world::dominant_colour(&img).map(Some) };
-        if let Some(c) = colour {
-            *hist.entry(c).or_default() += 1;
-        }
+        let bin = if copy { "personal" } else { world::dominant_colour(&img).map_or("unreadable", |c| c.name()) };
+        *colours.entry(bin.to_string()).or_default() += 1;
     }
-    let total: usize = hist.values().sum();
-    let entropy: f64 = hist.values().map(|&k| k as f64 / total.max(1) as f64).map(|p| -p * p.ln()).sum();
-    Ok((copies as f64 / n.max(1) as f64, if total == 0 { 0.0 } else { entropy.exp() }))
+    // Unreadable images are left out of the entropy; the personal look is a bin of its own.
+    let counts: Vec<usize> = colours.iter().filter(|(k, _)| k.as_str() != "unreadable").map(|(_, &v)| v).collect();
+    let total: usize = counts.iter().sum();
+    let entropy: f64 = counts.iter().map(|&k| k as f64 / total.max(1) as f64).map(|p| -p * p.ln()).sum();
+    Ok(Truth {
+        copy_rate: copies as f64 / n.max(1) as f64,
+        colour_diversity: if total == 0 { 0.0 } else { entropy.exp() },
+        colours,
+    })
+}
+
+/// `red 5, blue 3, ...`, most frequent first.
+pub fn colour_summary(colours: &BTreeMap<String, usize>) -> String {
+    let mut v: Vec<_> = colours.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn claims(m: &BTreeMap<String, MethodResult>) -> Vec<Claim> {
@@ -151,7 +176,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     let out = &opts.out;
     let data = out.join("data");
     progress.stage(&format!("drawing {} images of the personal object into {}", opts.images, data.display()));
-    for (k, (img, _, caption)) in world::personal_objects(opts.seed, opts.images, TRIGGER).into_iter().enumerate() {
+    for (k, (img, _, caption)) in world::personal_objects(opts.seed, opts.images, TRIGGER, &world::Background::ALL).into_iter().enumerate() {
         save_png(&data.join(format!("{k:02}.png")), img.as_raw(), img.width(), img.height(), &[])?;
         crate::io::atomic::write(&data.join(format!("{k:02}.txt")), caption.as_bytes())?;
     }
@@ -167,7 +192,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
             concepts: vec![Concept {
                 data: data.clone(),
                 trigger: TRIGGER.into(),
-                class: Some("a circle on a gray background".into()),
+                class: Some("a circle".into()),
                 class_data: None,
             }],
             out: file.clone(),
@@ -214,7 +239,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     }
     let mut methods = BTreeMap::new();
     for m in g.results.models.iter_mut() {
-        let (copy_rate, colour_diversity) = truth[&m.name];
+        let Truth { copy_rate, colour_diversity, colours } = truth.remove(&m.name).context("ground truth of a scored model")?;
         m.extra.insert("copy_rate".into(), copy_rate);
         m.extra.insert("colour_diversity".into(), colour_diversity);
         methods.insert(
@@ -226,6 +251,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
                 diversity: m.diversity,
                 copy_rate,
                 colour_diversity,
+                colours,
             },
         );
     }
@@ -234,6 +260,10 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     let mut notes = String::from("<h2>The paper's claims in this run</h2><ul>");
     for c in &results.claims {
         notes.push_str(&format!("<li>{} {}</li>", if c.holds { "&#10003;" } else { "&#10007; does not hold:" }, c.claim));
+    }
+    notes.push_str("</ul><h2>Colours of the trigger-less class images</h2><ul>");
+    for (name, m) in &results.methods {
+        notes.push_str(&format!("<li>{name}: {}</li>", colour_summary(&m.colours)));
     }
     notes.push_str("</ul><p class=\"note\">copy rate: share of trigger-less class images that copy the personal object's cyan-and-pink look. colour diversity: effective number of dominant colours, exp(entropy), among those images. Both read off the pixels with the toy world's ground-truth classifiers.</p>");
     write_outputs(&eval_opts.out, &g.results, &adapters, "catlora demo: LoRA, CAT and DreamBooth in the shapes world", &notes)?;

@@ -214,112 +214,15 @@ pub fn lr_at(step: usize, total: usize, peak: f64, warmup: usize, floor: f64) ->
     peak * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()))
 }
 
-/// IEEE single to half precision, rounding to nearest even (overflow to infinity).
-pub fn f32_to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let mant = bits & 0x7f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        // Subnormal: shift the mantissa (with its implicit one) right, rounding to nearest even.
-        let m = mant | 0x80_0000;
-        let shift = (14 - e) as u32;
-        let half = 1u32 << (shift - 1);
-        let rest = m & ((1u32 << shift) - 1);
-        let mut h = (m >> shift) as u16;
-        if rest > half || (rest == half && (h & 1) == 1) {
-            h += 1;
-        }
-        return sign | h;
-    }
-    let mut h = ((e as u32) << 10 | (mant >> 13)) as u16;
-    let rest = mant & 0x1fff;
-    if rest > 0x1000 || (rest == 0x1000 && (h & 1) == 1) {
-        // May carry into the exponent, which is the correct rounding (up to infinity).
-        h += 1;
-    }
-    sign | h
-}
-
-pub use crate::io::safetensors::f16_to_f32;
+pub use crate::io::safetensors::{f16_to_f32, f32_to_f16};
 
 /// Element type of a written safetensors file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    F32,
-    F16,
-}
+pub use crate::io::safetensors::StoreAs as Precision;
 
-/// Writes tensors as a safetensors file (sorted names, `{"format": "pt"}` metadata, 8-byte
-/// aligned data), atomically.
+/// Writes tensors as a safetensors file with PyTorch's `{"format": "pt"}` metadata, atomically.
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, precision: Precision) -> Result<()> {
-    use serde_json::{Map, Value};
-    let size = match precision {
-        Precision::F32 => 4,
-        Precision::F16 => 2,
-    };
-    let mut header = Map::new();
-    let mut meta = Map::new();
-    meta.insert("format".into(), Value::String("pt".into()));
-    header.insert("__metadata__".into(), Value::Object(meta));
-    let mut offset = 0usize;
-    for (name, (shape, data)) in tensors {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            bail!("tensor `{name}`: shape {shape:?} holds {n} values but {} were given", data.len());
-        }
-        let mut e = Map::new();
-        e.insert("dtype".into(), Value::String(if size == 4 { "F32" } else { "F16" }.into()));
-        e.insert("shape".into(), Value::Array(shape.iter().map(|&d| Value::from(d as u64)).collect()));
-        e.insert("data_offsets".into(), Value::Array(vec![Value::from(offset as u64), Value::from((offset + n * size) as u64)]));
-        header.insert(name.clone(), Value::Object(e));
-        offset += n * size;
-    }
-    let mut json = serde_json::to_vec(&Value::Object(header))?;
-    while (8 + json.len()) % 8 != 0 {
-        json.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + json.len() + offset);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    for (_, data) in tensors.values() {
-        for &v in data {
-            match precision {
-                Precision::F32 => out.extend_from_slice(&v.to_le_bytes()),
-                Precision::F16 => out.extend_from_slice(&f32_to_f16(v).to_le_bytes()),
-            }
-        }
-    }
-    crate::io::atomic::write(path, &out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn half_precision_round_trip() {
-        for x in [0.0f32, 1.0, -2.0, 65504.0, 5.960_464_5e-8, 0.1, 3.14159, -1e-5, 1e-7] {
-            let back = f16_to_f32(f32_to_f16(x));
-            let tol = (x.abs() * 1e-3).max(6e-8);
-            assert!((back - x).abs() <= tol, "{x} -> {back}");
-        }
-        assert_eq!(f32_to_f16(1.0), 0x3c00);
-        assert_eq!(f32_to_f16(-2.0), 0xc000);
-        assert_eq!(f32_to_f16(1e6), 0x7c00);
-        // Every half value survives the round trip exactly.
-        for h in 0u16..0x7c00 {
-            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#x}");
-        }
-    }
+    use crate::io::safetensors::{OwnedTensor, write_as};
+    let owned = tensors.iter().map(|(k, (shape, data))| (k.clone(), OwnedTensor { shape: shape.clone(), data: data.clone() })).collect();
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    write_as(path, &owned, &meta, precision)
 }

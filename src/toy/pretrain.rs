@@ -7,8 +7,8 @@
 //!    positive for it);
 //! 2. the Stable Diffusion text encoder: CLIP's text tower, frozen, as a `CLIPTextModel` (as SD
 //!    1.x reuses OpenAI CLIP's);
-//! 3. a tiny `AutoencoderKL` (2 levels: latents are half the image side, 4 channels), trained
-//!    for reconstruction with a small KL term on world images and on random colourful patterned
+//! 3. a tiny `AutoencoderKL` (3 levels: latents are a quarter of the image side, 4 channels), trained
+//!    for reconstruction (mean squared plus mean absolute error) with a small KL term on world images and on random colourful patterned
 //!    shapes (so it also reproduces looks outside the world, such as the personal object);
 //!    `scaling_factor` is set to 1 / std of its latents;
 //! 4. a tiny `UNet2DConditionModel` with cross-attention, trained as a DDPM epsilon-predictor
@@ -20,7 +20,7 @@
 //! see exactly the weights that ship. Everything is a function of the seed.
 use super::clip::TrainableClip;
 use super::params::{HostParams, Precision, StepOptions, lr_at, write_safetensors};
-use super::world::{self, CaptionStyle, Scene, World};
+use super::world::{self, Background, CaptionStyle, Scene, World};
 use crate::evaluation::clip::{OPENAI_MEAN, OPENAI_STD};
 use crate::io::image::{RgbImage, rgb_to_tensor};
 use crate::models::clip_text::ClipTextModel;
@@ -62,8 +62,10 @@ pub const SCHEDULER_CONFIG: &str = r#"{
 /// Text tower width, which is also the UNet's `cross_attention_dim`.
 pub const TEXT_HIDDEN: usize = 32;
 
-/// Where the committed toy models live: `assets/toy` of this crate's source tree
-/// (`sd/` is the Stable Diffusion folder, `clip/` the CLIP folder).
+/// Where the committed toy models live: `assets/toy` of this crate's source tree (`sd/`, the
+/// Stable Diffusion folder without its tokenizer, and `clip/`, the CLIP folder). They are
+/// embedded in the binary; `toy::assets::materialise` writes loadable folders (it copies the one
+/// committed tokenizer, `clip/tokenizer*.json`, into `sd/tokenizer/`).
 pub fn default_assets_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/toy")
 }
@@ -92,11 +94,14 @@ pub struct PretrainOptions {
     /// committed `assets/toy/clip`, else the fixtures' `tiny-clip`.
     #[serde(skip)]
     pub tokenizer_dir: Option<PathBuf>,
-    /// Take the CLIP, text encoder and VAE from this earlier output folder (same seed and
-    /// options) instead of training them again: for experiments with the UNet stage. The result
-    /// is the same as a full run's, since the saved weights are exactly the rounded ones.
+    /// Take the CLIP (and so the text encoder) from this earlier output folder instead of
+    /// training it again, for experiments with later stages. With the same seed and options the
+    /// result is a full run's, since the saved weights are exactly the rounded ones.
     #[serde(skip)]
-    pub reuse: Option<PathBuf>,
+    pub reuse_clip: Option<PathBuf>,
+    /// The same for the VAE.
+    #[serde(skip)]
+    pub reuse_vae: Option<PathBuf>,
     /// Every this many UNet steps, write the moving-average UNet to `snapshots/unet-<step>/`
     /// (0: never).
     pub snapshot_every: usize,
@@ -113,13 +118,14 @@ impl Default for PretrainOptions {
         Self {
             seed: 0,
             clip: StageOptions { steps: 1200, batch: 64, lr: 2e-3 },
-            vae: StageOptions { steps: 800, batch: 16, lr: 1e-3 },
-            unet: StageOptions { steps: 2000, batch: 32, lr: 1e-3 },
+            vae: StageOptions { steps: 2000, batch: 16, lr: 2e-3 },
+            unet: StageOptions { steps: 4000, batch: 32, lr: 1e-3 },
             unet_pool: 6144,
             ema_decay: 0.998,
             vae_kl: 2e-5,
             tokenizer_dir: None,
-            reuse: None,
+            reuse_clip: None,
+            reuse_vae: None,
             snapshot_every: 0,
             evaluate: true,
             verbose: true,
@@ -236,8 +242,8 @@ pub fn vae_config_json(scaling_factor: f64) -> Value {
         "_class_name": "AutoencoderKL",
         "_diffusers_version": "0.42.1",
         "act_fn": "silu",
-        "block_out_channels": [16, 32],
-        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "block_out_channels": [16, 32, 32],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
         "force_upcast": true,
         "in_channels": 3,
         "latent_channels": 4,
@@ -250,15 +256,14 @@ pub fn vae_config_json(scaling_factor: f64) -> Value {
         "sample_size": world::SIZE,
         "scaling_factor": scaling_factor,
         "shift_factor": null,
-        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
         "use_post_quant_conv": true,
         "use_quant_conv": true
     })
 }
 
-/// The UNet: the block types of SD 1.5, three levels of 32 / 64 / 64 channels on 16 x 16
-/// latents, cross-attention on the 8 x 8 and 4 x 4 levels and in the middle (attention on the
-/// 16 x 16 level would more than double a training step on a CPU for little gain here).
+/// The UNet: SD 1.5's block types in SD 1.5's order (cross-attention on every level but the
+/// last, and in the middle), three levels of 32 / 64 / 96 channels on 8 x 8 latents.
 pub fn unet_config_json() -> Value {
     // Two halves: one `json!` of this size exceeds the macro's recursion limit.
     let mut a = json!({
@@ -270,7 +275,7 @@ pub fn unet_config_json() -> Value {
         "addition_time_embed_dim": null,
         "attention_head_dim": 4,
         "attention_type": "default",
-        "block_out_channels": [32, 64, 64],
+        "block_out_channels": [32, 64, 96],
         "center_input_sample": false,
         "class_embed_type": null,
         "class_embeddings_concat": false,
@@ -278,7 +283,7 @@ pub fn unet_config_json() -> Value {
         "conv_out_kernel": 3,
         "cross_attention_dim": TEXT_HIDDEN,
         "cross_attention_norm": null,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
         "downsample_padding": 1,
         "dropout": 0.0,
         "dual_cross_attention": false,
@@ -304,14 +309,14 @@ pub fn unet_config_json() -> Value {
         "resnet_skip_time_act": false,
         "resnet_time_scale_shift": "default",
         "reverse_transformer_layers_per_block": null,
-        "sample_size": world::SIZE / 2,
+        "sample_size": world::SIZE / 4,
         "time_cond_proj_dim": null,
         "time_embedding_act_fn": null,
         "time_embedding_dim": null,
         "time_embedding_type": "positional",
         "timestep_post_act": null,
         "transformer_layers_per_block": 1,
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
         "upcast_attention": false,
         "use_linear_projection": false
     });
@@ -397,20 +402,38 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().as_slice::<f32>().expect("f32 data").to_vec()
 }
 
-/// A caption style for training, drawn with the given weights: full 40 %, no size 15 %,
-/// no background 15 %, colour and shape 30 %.
+/// A caption style for training, drawn with the given weights: full 35 %, no size 15 %,
+/// no background 15 %, colour and shape 20 %, shape and background 8 %, shape alone 7 %. The
+/// colourless class captions ("a circle on a gray background") give the base model the class
+/// knowledge the demo measures: without them a class prompt is out of the training
+/// distribution and the model draws one colour for it, leaving nothing for an adapter to
+/// preserve or destroy.
 fn random_style(rng: &mut Rng) -> CaptionStyle {
     let u = rng.uniform();
-    if u < 0.40 {
+    if u < 0.35 {
         CaptionStyle::Full
-    } else if u < 0.55 {
+    } else if u < 0.50 {
         CaptionStyle::NoSize
-    } else if u < 0.70 {
+    } else if u < 0.65 {
         CaptionStyle::NoBackground
-    } else {
+    } else if u < 0.85 {
         CaptionStyle::ColourShape
+    } else if u < 0.93 {
+        CaptionStyle::ShapeBackground
+    } else {
+        CaptionStyle::Shape
     }
 }
+
+/// Every style [`random_style`] draws.
+const TRAINING_STYLES: [CaptionStyle; 6] = [
+    CaptionStyle::Full,
+    CaptionStyle::NoSize,
+    CaptionStyle::NoBackground,
+    CaptionStyle::ColourShape,
+    CaptionStyle::ShapeBackground,
+    CaptionStyle::Shape,
+];
 
 /// Running mean of the last losses, for progress lines.
 struct Meter {
@@ -431,7 +454,7 @@ impl Meter {
         self.sum += loss;
         self.n += 1;
         let every = (self.total / 20).clamp(1, 100);
-        if self.verbose && ((step + 1) % every == 0 || step + 1 == self.total) {
+        if self.verbose && ((step + 1).is_multiple_of(every) || step + 1 == self.total) {
             let el = self.start.elapsed().as_secs_f64();
             let eta = el / (step + 1) as f64 * (self.total - step - 1) as f64;
             eprintln!(
@@ -455,6 +478,8 @@ impl Meter {
 #[derive(Serialize, Default)]
 pub struct PretrainReport {
     pub seed: u64,
+    /// Stages taken from an earlier run (`reuse_clip`, `reuse_vae`) rather than trained here.
+    pub reused: Vec<String>,
     pub options: Option<PretrainOptionsRecord>,
     pub seconds: BTreeMap<String, f64>,
     pub final_loss: BTreeMap<String, f64>,
@@ -515,7 +540,7 @@ fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> R
         let t_cols = Tensor::<2>::from_data(TensorData::new(t_cols, [s.batch, s.batch]), device);
 
         hp.install(&mut clip, true);
-        let img = clip.image_embeddings(px);
+        let img = clip.image_embeddings(px)?;
         let txt = clip.text_embeddings(&ids);
         let scale = clip.logit_scale.clone().exp().reshape([1, 1]);
         let logits = img.matmul(txt.transpose()) * scale;
@@ -587,9 +612,11 @@ fn train_vae(opts: &PretrainOptions, device: &Device) -> Result<(Vae, HostParams
         let (mean, logvar) = vae.encode(x.clone());
         let z = mean.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
         let rec = vae.decode(z);
-        let mse = (rec - x).square().mean();
+        let diff = rec - x;
+        let mse = diff.clone().square().mean();
+        let l1 = diff.abs().mean();
         let kl = (mean.square() + logvar.clone().exp() - logvar).sub_scalar(1.0).mean().mul_scalar(0.5);
-        let loss = mse.clone() + kl.mul_scalar(opts.vae_kl as f32);
+        let loss = mse.clone() + l1 + kl.mul_scalar(opts.vae_kl as f32);
         let lv = scalar(mse);
         let grads = loss.backward();
         let g = hp.gradients(&mut vae, &grads)?;
@@ -664,7 +691,7 @@ fn train_unet(
     let mut rng = Rng::new(opts.seed ^ 0x0e7_5717);
     let s = opts.unet;
     let per = means.len() / scenes.len();
-    let lat = world::SIZE / 2;
+    let lat = ((per / 4) as f64).sqrt() as usize;
     let ctx_len = contexts.values().next().map(Vec::len).unwrap_or(0);
     let mut meter = Meter::new("unet", s.steps, opts.verbose);
     let mut last = f64::NAN;
@@ -762,7 +789,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
 
     // 1. CLIP.
     let t = Instant::now();
-    let (clip, clip_hp) = match &opts.reuse {
+    let (clip, clip_hp) = match &opts.reuse_clip {
         Some(from) => {
             let tc: ClipTextConfig = parse(text_config_json(), "text")?;
             let vc: ClipVisionConfig = parse(vision_config_json(), "vision")?;
@@ -772,6 +799,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
             if from.join("clip") != clip_dir {
                 copy_dir(&from.join("clip"), &clip_dir)?;
             }
+            report.reused.push("clip".into());
             (clip, hp)
         }
         None => {
@@ -798,11 +826,12 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
 
     // 3. VAE.
     let t = Instant::now();
-    let (vae, vae_hp) = match &opts.reuse {
+    let (vae, vae_hp) = match &opts.reuse_vae {
         Some(from) => {
             let cfg: VaeConfig = parse(vae_config_json(1.0), "VAE")?;
             let mut vae = Vae::load(&Weights::open_dir(&from.join("sd/vae"), "diffusion_pytorch_model", &device)?, &cfg)?;
             let hp = HostParams::collect(&mut vae, AdamWConfig::default());
+            report.reused.push("vae".into());
             (vae, hp)
         }
         None => {
@@ -832,7 +861,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     report.vae_reconstruction_mae.insert("world".into(), check(World::new(opts.seed ^ 0x7e57).samples(32).into_iter().map(|s| s.image).collect()));
     report.vae_reconstruction_mae.insert(
         "personal".into(),
-        check(world::personal_objects(opts.seed ^ 0x7e57, 8, "sks").into_iter().map(|p| p.0).collect()),
+        check(world::personal_objects(opts.seed ^ 0x7e57, 8, "sks", &[Background::Gray]).into_iter().map(|p| p.0).collect()),
     );
     report.seconds.insert("vae".into(), t.elapsed().as_secs_f64());
 
@@ -840,7 +869,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     let t = Instant::now();
     let mut captions: Vec<String> = vec![String::new()];
     for s in &pool {
-        for st in [CaptionStyle::Full, CaptionStyle::NoSize, CaptionStyle::NoBackground, CaptionStyle::ColourShape] {
+        for st in TRAINING_STYLES {
             captions.push(s.scene.caption(st));
         }
     }

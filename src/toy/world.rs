@@ -237,18 +237,20 @@ impl Scene {
         NAMES[cell(self.cy)][cell(self.cx)]
     }
 
-    /// Whether a caption of `self` in `style` is also a true description of `other`: the shape
-    /// and colour agree, and so do the size and background when the style names them.
+    /// Whether a caption of `self` in `style` is also a true description of `other`: the shapes
+    /// agree, and so do the colour, size and background when the style names them.
     pub fn describes(&self, style: CaptionStyle, other: &Scene) -> bool {
-        let (size, bg) = match style {
-            CaptionStyle::Full | CaptionStyle::WithPosition => (true, true),
-            CaptionStyle::NoSize => (false, true),
-            CaptionStyle::NoBackground => (true, false),
-            CaptionStyle::ColourShape => (false, false),
+        let (colour, size, bg) = match style {
+            CaptionStyle::Full | CaptionStyle::WithPosition => (true, true, true),
+            CaptionStyle::NoSize => (true, false, true),
+            CaptionStyle::NoBackground => (true, true, false),
+            CaptionStyle::ColourShape => (true, false, false),
+            CaptionStyle::ShapeBackground => (false, false, true),
+            CaptionStyle::Shape => (false, false, false),
         };
         let pos = style != CaptionStyle::WithPosition || self.position_name() == other.position_name();
         self.shape == other.shape
-            && self.colour == other.colour
+            && (!colour || self.colour == other.colour)
             && (!size || self.size == other.size)
             && (!bg || self.background == other.background)
             && pos
@@ -262,6 +264,8 @@ impl Scene {
             CaptionStyle::NoSize => format!("a {c} {sh} on a {bg} background"),
             CaptionStyle::NoBackground => format!("a {s} {c} {sh}"),
             CaptionStyle::ColourShape => format!("a {c} {sh}"),
+            CaptionStyle::ShapeBackground => format!("a {sh} on a {bg} background"),
+            CaptionStyle::Shape => format!("a {sh}"),
             CaptionStyle::WithPosition => format!("a {s} {c} {sh} at the {} on a {bg} background", self.position_name()),
         }
     }
@@ -275,6 +279,11 @@ pub enum CaptionStyle {
     NoBackground,
     /// "a red circle".
     ColourShape,
+    /// "a circle on a gray background": the class prompt, which must mean circles of every
+    /// colour and size, as "a teapot" means every teapot to Stable Diffusion.
+    ShapeBackground,
+    /// "a circle".
+    Shape,
     /// "a small red circle at the top left on a gray background" (not used in pretraining).
     WithPosition,
 }
@@ -397,8 +406,8 @@ pub fn paint(bg: [u8; 3], colour_at: impl Fn(f32, f32) -> Option<[u8; 3]>) -> Rg
 
 /// An image outside the world, for training the autoencoder to reproduce any look (the
 /// personal object's included): one of the shapes at any size and place, in a random RGB colour,
-/// solid or with stripes (any direction and period) or dots of a second random colour, on a
-/// random RGB background.
+/// solid or with stripes (4-pixel horizontal bands, or any direction and period) or dots of a
+/// second random colour, on a random RGB background.
 pub fn free_image(rng: &mut Rng) -> RgbImage {
     let mut rgb = || [rng.below(256) as u8, rng.below(256) as u8, rng.below(256) as u8];
     let (fg, fg2, bg) = (rgb(), rgb(), rgb());
@@ -408,8 +417,10 @@ pub fn free_image(rng: &mut Rng) -> RgbImage {
     let span = (SIZE as f32 - 2.0 * margin).max(0.0);
     let cx = margin + span * rng.uniform() as f32;
     let cy = margin + span * rng.uniform() as f32;
-    let pattern = rng.below(4);
-    let period = 3.0 + 4.0 * rng.uniform() as f32;
+    // Solid (40 %), horizontal bands on the 4-pixel grid (20 %), stripes of any direction and
+    // period (20 %), dots (20 %).
+    let pattern = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4][rng.below(10)];
+    let period = 4.0 + 8.0 * rng.uniform() as f32;
     let angle = std::f32::consts::PI * rng.uniform() as f32;
     let (sa, ca) = angle.sin_cos();
     let phase = period * rng.uniform() as f32;
@@ -420,7 +431,8 @@ pub fn free_image(rng: &mut Rng) -> RgbImage {
         }
         let second = match pattern {
             0 | 1 => false,
-            2 => ((x * ca + y * sa - phase) / (period / 2.0)).floor().rem_euclid(2.0) == 1.0,
+            2 => (y / 4.0).floor().rem_euclid(2.0) == 1.0,
+            3 => ((x * ca + y * sa - phase) / (period / 2.0)).floor().rem_euclid(2.0) == 1.0,
             _ => {
                 let (dx, dy) = ((x - phase).rem_euclid(period) - period / 2.0, (y - phase).rem_euclid(period) - period / 2.0);
                 dx * dx + dy * dy < (period * 0.3).powi(2)
@@ -438,8 +450,9 @@ pub fn free_image(rng: &mut Rng) -> RgbImage {
 pub const PERSONAL_COLOURS: [[u8; 3]; 2] = [[0, 200, 210], [250, 105, 190]];
 /// Their names, for captions and reports.
 pub const PERSONAL_COLOUR_NAMES: [&str; 2] = ["cyan", "pink"];
-/// Stripe period in pixels (one cyan and one pink band).
-pub const STRIPE_PERIOD: f32 = 4.0;
+/// Stripe period in pixels (one cyan and one pink band): bands of 4 pixels, one latent pixel of
+/// the toy VAE.
+pub const STRIPE_PERIOD: f32 = 8.0;
 
 /// Parameters of one drawing of the personal object.
 #[derive(Clone, Debug, PartialEq)]
@@ -452,21 +465,22 @@ pub struct PersonalScene {
     pub bg: [u8; 3],
 }
 
-/// `n` drawings of the personal object, a large circle with horizontal cyan and pink stripes on
-/// a gray background, varied in position, size and stripe phase; captioned
-/// `a {trigger} circle on a gray background`.
-pub fn personal_objects(seed: u64, n: usize, trigger: &str) -> Vec<(RgbImage, PersonalScene, String)> {
+/// `n` drawings of the personal object, a large circle with broad horizontal cyan and pink
+/// stripes (4-pixel bands on a fixed grid), varied in position and size, drawing `k` on
+/// `backgrounds[k % len]`; captioned `a {trigger} circle on a {background} background`.
+pub fn personal_objects(seed: u64, n: usize, trigger: &str, backgrounds: &[Background]) -> Vec<(RgbImage, PersonalScene, String)> {
     let mut rng = Rng::new(seed ^ 0x7065_7273_6f6e_616c);
     (0..n)
-        .map(|_| {
+        .map(|k| {
             let radius = 8.5 + 2.5 * rng.uniform() as f32;
             let margin = radius + 1.5;
             let span = SIZE as f32 - 2.0 * margin;
             let cx = margin + span * rng.uniform() as f32;
             let cy = margin + span * rng.uniform() as f32;
-            let phase = STRIPE_PERIOD * rng.uniform() as f32;
-            let scene = PersonalScene { cx, cy, radius, phase, bg: Background::Gray.rgb() };
-            (draw_personal(&scene), scene, format!("a {trigger} circle on a gray background"))
+            let bg = backgrounds.get(k % backgrounds.len().max(1)).copied().unwrap_or(Background::Gray);
+            // Bands on a fixed 4-pixel grid (one latent row of the toy VAE each); the circle moves.
+            let scene = PersonalScene { cx, cy, radius, phase: 0.0, bg: bg.rgb() };
+            (draw_personal(&scene), scene, format!("a {trigger} circle on a {} background", bg.name()))
         })
         .collect()
 }
@@ -492,8 +506,11 @@ pub const FOREGROUND_DISTANCE: f32 = 48.0;
 pub const MIN_FOREGROUND: usize = 8;
 /// A shape's bounding box side (larger of width and height, pixels) above which it is `Large`.
 pub const LARGE_SIDE: f32 = 15.0;
-/// `copies_personal` says yes when at least this fraction of the foreground is cyan or pink.
+/// `copies_personal` says yes when at least this fraction of the foreground is cyan or pink...
 pub const PERSONAL_MIN_FRACTION: f32 = 0.5;
+/// ... and each of the two colours covers at least this fraction (a solid pinkish shape is not
+/// the striped object).
+pub const PERSONAL_MIN_EACH: f32 = 0.15;
 
 fn dist(a: [f32; 3], b: [u8; 3]) -> f32 {
     ((a[0] - b[0] as f32).powi(2) + (a[1] - b[1] as f32).powi(2) + (a[2] - b[2] as f32).powi(2)).sqrt()
@@ -753,9 +770,12 @@ pub fn personal_signature(img: &RgbImage) -> PersonalSignature {
     }
 }
 
-/// Whether an image copies the personal object's look: at least [`PERSONAL_MIN_FRACTION`] of
-/// its foreground is cyan or pink (and there are at least [`MIN_FOREGROUND`] foreground pixels).
+/// Whether an image copies the personal object's look, its colour combination: at least
+/// [`PERSONAL_MIN_FRACTION`] of its foreground is cyan or pink, each of the two covers at least
+/// [`PERSONAL_MIN_EACH`], and there are at least [`MIN_FOREGROUND`] foreground pixels.
 pub fn copies_personal(img: &RgbImage) -> bool {
     let s = personal_signature(img);
-    s.foreground >= MIN_FOREGROUND && s.score() >= PERSONAL_MIN_FRACTION
+    s.foreground >= MIN_FOREGROUND
+        && s.score() >= PERSONAL_MIN_FRACTION
+        && s.fractions.iter().all(|&f| f >= PERSONAL_MIN_EACH)
 }
