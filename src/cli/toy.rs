@@ -29,7 +29,8 @@ struct PretrainArgs {
     #[arg(long, default_value_t = 1.0)]
     steps_scale: f64,
     /// Take the CLIP (and so the text encoder) from this earlier output folder instead of
-    /// training it again. With the same seed and options the result equals a full run's.
+    /// training it again, for experiments with later stages (the result is close to a full
+    /// run's, not byte-identical).
     #[arg(long, value_name = "DIR")]
     reuse_clip: Option<PathBuf>,
     /// Take the VAE from this earlier output folder, likewise.

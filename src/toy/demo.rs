@@ -2,8 +2,8 @@
 //! of one personal object (a cyan-and-pink striped circle the base model never draws) train
 //! three adapters with the same seed and steps: plain LoRA, CAT and DreamBooth (class prompt "a
 //! circle"). The drawings sit on the three backgrounds in turn, as photos of one object are taken
-//! in several places. Each is then
-//! scored with CLIP (the evaluation module) and with the world's ground truth:
+//! in several places. Each adapter is then scored with CLIP (the evaluation module) and with the
+//! world's ground truth:
 //!
 //! * `copy_rate`: among images of trigger-less class prompts ("a circle on a gray
 //!   background"), the share that copy the personal object's look

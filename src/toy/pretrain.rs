@@ -95,8 +95,11 @@ pub struct PretrainOptions {
     #[serde(skip)]
     pub tokenizer_dir: Option<PathBuf>,
     /// Take the CLIP (and so the text encoder) from this earlier output folder instead of
-    /// training it again, for experiments with later stages. With the same seed and options the
-    /// result is a full run's, since the saved weights are exactly the rounded ones.
+    /// training it again, for experiments with later stages. The reused weights are exactly
+    /// the saved ones (reinstalling them as training leaves them changes nothing), yet the later
+    /// stages then differ from a full run's in the last bits (a reused VAE's reconstructions by
+    /// about 1e-6 relative): floating-point results here depend on what the process computed
+    /// before, which we did not pin down further. Full runs reproduce each other's bytes.
     #[serde(skip)]
     pub reuse_clip: Option<PathBuf>,
     /// The same for the VAE.
