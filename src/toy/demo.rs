@@ -117,17 +117,14 @@ pub struct Truth {
 
 /// Copy rate, colour diversity and the colour histogram of the trigger-less images of one model.
 pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<Truth> {
-    let mut copies = 0usize;
-    let mut n = 0usize;
     let mut colours: BTreeMap<String, usize> = BTreeMap::new();
     for r in eval.images.iter().filter(|r| r.model == model && r.variant == "plain") {
         let img = load_rgb(&out.join(&r.file))?;
-        n += 1;
-        let copy = world::copies_personal(&img);
-        copies += copy as usize;
-        let bin = if copy { "personal" } else { world::dominant_colour(&img).map_or("unreadable", |c| c.name()) };
+        let bin = if world::copies_personal(&img) { "personal" } else { world::dominant_colour(&img).map_or("unreadable", |c| c.name()) };
         *colours.entry(bin.to_string()).or_default() += 1;
     }
+    let n: usize = colours.values().sum();
+    let copies = colours.get("personal").copied().unwrap_or(0);
     // Unreadable images are left out of the entropy; the personal look is a bin of its own.
     let counts: Vec<usize> = colours.iter().filter(|(k, _)| k.as_str() != "unreadable").map(|(_, &v)| v).collect();
     let total: usize = counts.iter().sum();

@@ -7,8 +7,9 @@
 //!    positive for it);
 //! 2. the Stable Diffusion text encoder: CLIP's text tower, frozen, as a `CLIPTextModel` (as SD
 //!    1.x reuses OpenAI CLIP's);
-//! 3. a tiny `AutoencoderKL` (3 levels: latents are a quarter of the image side, 4 channels), trained
-//!    for reconstruction (mean squared plus mean absolute error) with a small KL term on world images and on random colourful patterned
+//! 3. a tiny `AutoencoderKL` (3 levels: latents are a quarter of the image side, 4 channels),
+//!    trained for reconstruction (mean squared plus mean absolute error) with a small KL term on
+//!    world images and on random colourful patterned
 //!    shapes (so it also reproduces looks outside the world, such as the personal object);
 //!    `scaling_factor` is set to 1 / std of its latents;
 //! 4. a tiny `UNet2DConditionModel` with cross-attention, trained as a DDPM epsilon-predictor
@@ -405,38 +406,26 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().as_slice::<f32>().expect("f32 data").to_vec()
 }
 
-/// A caption style for training, drawn with the given weights: full 35 %, no size 15 %,
-/// no background 15 %, colour and shape 20 %, shape and background 8 %, shape alone 7 %. The
-/// colourless class captions ("a circle on a gray background") give the base model the class
-/// knowledge the demo measures: without them a class prompt is out of the training
-/// distribution and the model draws one colour for it, leaving nothing for an adapter to
-/// preserve or destroy.
+/// The caption styles of training, each with the upper end of its share of [0, 1): full 35 %,
+/// no size 15 %, no background 15 %, colour and shape 20 %, shape and background 8 %, shape
+/// alone 7 %. The colourless class captions ("a circle on a gray background") give the base
+/// model the class knowledge the demo measures: without them a class prompt is out of the
+/// training distribution and the model draws one colour for it, leaving nothing for an adapter
+/// to preserve or destroy.
+const TRAINING_STYLES: [(f64, CaptionStyle); 6] = [
+    (0.35, CaptionStyle::Full),
+    (0.50, CaptionStyle::NoSize),
+    (0.65, CaptionStyle::NoBackground),
+    (0.85, CaptionStyle::ColourShape),
+    (0.93, CaptionStyle::ShapeBackground),
+    (1.0, CaptionStyle::Shape),
+];
+
+/// A caption style drawn with the shares of [`TRAINING_STYLES`].
 fn random_style(rng: &mut Rng) -> CaptionStyle {
     let u = rng.uniform();
-    if u < 0.35 {
-        CaptionStyle::Full
-    } else if u < 0.50 {
-        CaptionStyle::NoSize
-    } else if u < 0.65 {
-        CaptionStyle::NoBackground
-    } else if u < 0.85 {
-        CaptionStyle::ColourShape
-    } else if u < 0.93 {
-        CaptionStyle::ShapeBackground
-    } else {
-        CaptionStyle::Shape
-    }
+    TRAINING_STYLES.iter().find(|(end, _)| u < *end).map_or(CaptionStyle::Shape, |&(_, st)| st)
 }
-
-/// Every style [`random_style`] draws.
-const TRAINING_STYLES: [CaptionStyle; 6] = [
-    CaptionStyle::Full,
-    CaptionStyle::NoSize,
-    CaptionStyle::NoBackground,
-    CaptionStyle::ColourShape,
-    CaptionStyle::ShapeBackground,
-    CaptionStyle::Shape,
-];
 
 /// Running mean of the last losses, for progress lines.
 struct Meter {
@@ -693,8 +682,10 @@ fn train_unet(
     let noise = NoiseSchedule::new(&sched);
     let mut rng = Rng::new(opts.seed ^ 0x0e7_5717);
     let s = opts.unet;
-    let per = means.len() / scenes.len();
-    let lat = ((per / 4) as f64).sqrt() as usize;
+    // Latents as the UNet takes them: `in_channels` x `sample_size`², one per pool image.
+    let (c, lat) = (cfg.in_channels, cfg.sample_size.context("the toy UNet config names its sample_size")?);
+    let per = c * lat * lat;
+    anyhow::ensure!(means.len() == per * scenes.len(), "{} latent values for {} images of {c} x {lat} x {lat}", means.len(), scenes.len());
     let ctx_len = contexts.values().next().map(Vec::len).unwrap_or(0);
     let mut meter = Meter::new("unet", s.steps, opts.verbose);
     let mut last = f64::NAN;
@@ -713,8 +704,8 @@ fn train_unet(
             ctx.extend_from_slice(contexts.get(&caption).with_context(|| format!("no text encoding for `{caption}`"))?);
         }
         let t: Vec<usize> = (0..s.batch).map(|_| rng.below(noise.num_train_timesteps())).collect();
-        let x0 = Tensor::<4>::from_data(TensorData::new(z, [s.batch, 4, lat, lat]), device);
-        let eps = rng.normal_tensor([s.batch, 4, lat, lat], device);
+        let x0 = Tensor::<4>::from_data(TensorData::new(z, [s.batch, c, lat, lat]), device);
+        let eps = rng.normal_tensor([s.batch, c, lat, lat], device);
         let zt = noise.add_noise(x0, eps.clone(), &t);
         let ctx = Tensor::<3>::from_data(TensorData::new(ctx, [s.batch, 77, ctx_len / 77]), device);
         // min-SNR-5 weighting of the epsilon loss.
@@ -872,7 +863,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     let t = Instant::now();
     let mut captions: Vec<String> = vec![String::new()];
     for s in &pool {
-        for st in TRAINING_STYLES {
+        for (_, st) in TRAINING_STYLES {
             captions.push(s.scene.caption(st));
         }
     }
