@@ -35,9 +35,13 @@ pub struct DemoArgs {
     /// Seeds per evaluation prompt.
     #[arg(long)]
     pub seeds: Option<usize>,
-    /// Classifier-free guidance of the evaluation images.
+    /// Classifier-free guidance of the evaluation images and the claims [default: 1, none].
     #[arg(long)]
     pub cfg: Option<f64>,
+    /// Guidance of a second sampling of the trigger-less class prompts, reported beside the
+    /// claims (0 skips it) [default: 3].
+    #[arg(long, value_name = "G")]
+    pub guided_cfg: Option<f64>,
     /// `cpu` or `vulkan[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -84,6 +88,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
         cat_weight: a.cat_weight.unwrap_or(d.cat_weight),
         seeds: a.seeds.unwrap_or(d.seeds),
         cfg: a.cfg.unwrap_or(d.cfg),
+        guided_cfg: match a.guided_cfg {
+            Some(g) if !g.is_finite() || g < 0.0 => anyhow::bail!("--guided-cfg {g}: guidance must be 0 (skip) or positive"),
+            Some(0.0) => None,
+            Some(g) => Some(g),
+            None => d.guided_cfg,
+        },
         device: a.device,
         ..d
     };
@@ -102,9 +112,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
             m.identity_similarity, m.prompt_similarity, m.diversity, m.copy_rate, m.colour_diversity
         );
     }
-    println!("colours of the trigger-less class images:");
+    println!("colours of the trigger-less class images (guidance {}):", opts.cfg);
     for (name, m) in &r.methods {
         println!("  {name:<10} {}", demo::colour_summary(&m.colours));
+    }
+    if let Some(g) = opts.guided_cfg {
+        println!("the same class prompts with guidance {g} (copy rate, colour diversity; colours):");
+        for (name, m) in &r.methods {
+            if let Some(t) = &m.guided {
+                println!("  {name:<10} {:.2} {:>5.2}  {}", t.copy_rate, t.colour_diversity, demo::colour_summary(&t.colours));
+            }
+        }
     }
     for c in &r.claims {
         println!("{} {}", if c.holds { "holds:" } else { "DOES NOT HOLD:" }, c.claim);

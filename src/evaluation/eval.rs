@@ -102,6 +102,48 @@ fn model_names(adapters: &[PathBuf]) -> Vec<String> {
     names
 }
 
+/// The base model with every adapter attached and switched off; [`ModelSet::select`] switches
+/// one on. Model 0 is the base model, model `k` the `k`-th adapter.
+pub struct ModelSet {
+    pub sd: StableDiffusion,
+    adapters: Vec<Adapter>,
+    /// `base`, then one name per adapter ([`model_names`]).
+    pub names: Vec<String>,
+}
+
+impl ModelSet {
+    pub fn load(model: &Path, adapters: &[PathBuf], device: &burn::tensor::Device) -> Result<Self> {
+        let mut sd = StableDiffusion::load(model, device)?;
+        let known = sd.targets().known_modules();
+        let mut attached = Vec::new();
+        for path in adapters {
+            let file = lora_file::read(path, &known)?;
+            attached.push(attach_file(&mut sd.targets(), &file, 0.0, &path.display().to_string())?);
+        }
+        Ok(Self { sd, adapters: attached, names: model_names(adapters) })
+    }
+
+    /// Generation from now on uses model `m` alone.
+    pub fn select(&self, m: usize) {
+        for (k, a) in self.adapters.iter().enumerate() {
+            a.gate.set(if m == k + 1 { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+/// One RGB image per seed for `p`; seed `s` gives the same initial noise whichever model is
+/// selected, so images of one seed compare models.
+pub fn generate_seeded(sd: &StableDiffusion, p: &GenerateParams, seeds: &[u64]) -> Result<Vec<Vec<u8>>> {
+    let latents = Tensor::cat(seeds.iter().map(|&s| seeded_latents(sd, p, s)).collect(), 0);
+    Ok(tensor_to_rgb8(generate(sd, p, latents, |_, _| {})?))
+}
+
+/// Saves a generated image with its settings in the PNG `parameters` text, as AUTOMATIC1111 does.
+pub fn save_generated(path: &Path, rgb: &[u8], p: &GenerateParams, seed: u64) -> Result<()> {
+    let params = format!("{}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}", p.prompt, p.steps, p.sampler, p.cfg, p.width, p.height);
+    save_png(path, rgb, p.width as u32, p.height as u32, &[("parameters", &params)])
+}
+
 pub struct Generated {
     pub results: EvalResults,
     /// CLIP embeddings of every image, in `results.images` order.
@@ -117,17 +159,10 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
         bail!("no prompts to evaluate");
     }
     let device = crate::device::parse(&opts.device)?;
-    let mut sd = StableDiffusion::load(&opts.model, &device)?;
-    sd.check_size(opts.resolution, opts.resolution)?;
+    let set = ModelSet::load(&opts.model, &opts.adapters, &device)?;
+    set.sd.check_size(opts.resolution, opts.resolution)?;
     let clip = ClipModel::load(&opts.clip, &device)?;
-    let known = sd.targets().known_modules();
-    let mut adapters: Vec<Adapter> = Vec::new();
-    for path in &opts.adapters {
-        let file = lora_file::read(path, &known)?;
-        let a = attach_file(&mut sd.targets(), &file, 0.0, &path.display().to_string())?;
-        adapters.push(a);
-    }
-    let names = model_names(&opts.adapters);
+    let names = set.names.clone();
     let seeds: Vec<u64> = (0..opts.seeds as u64).map(|s| opts.first_seed + s).collect();
     let prompts: Vec<String> = opts
         .prompts
@@ -139,9 +174,7 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
     let total = names.len() * prompts.len() * 2;
     let mut done = 0;
     for (m, name) in names.iter().enumerate() {
-        for (k, a) in adapters.iter().enumerate() {
-            a.gate.set(if m == k + 1 { 1.0 } else { 0.0 });
-        }
+        set.select(m);
         for (pi, prompt) in prompts.iter().enumerate() {
             for (variant, text) in [("trigger", prompt.clone()), ("plain", remove_trigger(prompt, &opts.trigger))] {
                 done += 1;
@@ -156,13 +189,9 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
                     seed: seeds[0],
                     ..Default::default()
                 };
-                // The same initial noise for every model: seed s gives the same latents everywhere.
-                let latents = Tensor::cat(seeds.iter().map(|&s| seeded_latents(&sd, &p, s)).collect(), 0);
-                let out = generate(&sd, &p, latents, |_, _| {})?;
-                for (rgb, &seed) in tensor_to_rgb8(out).iter().zip(&seeds) {
+                for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.iter().zip(&seeds) {
                     let file = format!("images/{name}/{variant}/p{pi:02}-s{seed}.png");
-                    let params = format!("{text}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {r}x{r}", opts.steps, opts.sampler, opts.cfg, r = opts.resolution);
-                    save_png(&opts.out.join(&file), rgb, opts.resolution as u32, opts.resolution as u32, &[("parameters", &params)])?;
+                    save_generated(&opts.out.join(&file), rgb, &p, seed)?;
                     images.push(ImageRecord { model: name.clone(), prompt_index: pi, variant: variant.into(), prompt: text.clone(), seed, file });
                 }
             }

@@ -13,9 +13,16 @@
 //!   dominant palette colour ([`super::world::dominant_colour`]; images with no readable colour
 //!   are left out). An adapter that paints every circle like the personal object collapses the
 //!   histogram into one bin. The base model's value is the reference.
+//!
+//! The claims are read from images sampled without guidance (CFG 1): the methods train the
+//! conditional prediction, and guidance adds a move of the unconditional one that none of them
+//! trains. The class prompts are then sampled once more with guidance (`guided_cfg`, CFG 3), as
+//! users sample, and that ground truth is reported beside the claims.
 use super::world;
-use crate::evaluation::eval::{EvalOptions, EvalResults, evaluate, write_outputs};
-use crate::io::image::{load_rgb, save_png};
+use crate::evaluation::eval::{EvalOptions, EvalResults, ModelSet, evaluate, generate_seeded, save_generated, write_outputs};
+use crate::io::image::{RgbImage, load_rgb, save_png};
+use crate::pipeline::txt2img::GenerateParams;
+use crate::training::trigger::remove_trigger;
 use crate::schedulers::SamplerKind;
 use crate::training::config::{Concept, Method, TrainConfig};
 use crate::training::trainer::{Progress, train};
@@ -38,6 +45,9 @@ pub struct DemoOptions {
     pub steps: usize,
     pub rank: usize,
     pub lr: f64,
+    /// λ of CAT: 2, not the paper's 1. With λ 1 CAT's class images keep a residual pull towards
+    /// the personal look (purple, the palette neighbour of its pink, doubles) in each of four
+    /// training seeds; λ 2 removes it (README, "The demo").
     pub cat_weight: f64,
     pub prior_weight: f64,
     pub class_images: usize,
@@ -46,10 +56,14 @@ pub struct DemoOptions {
     /// margin the claims test.
     pub seeds: usize,
     pub sample_steps: usize,
-    /// Guidance of the evaluation images. Moderate on purpose: classifier-free guidance
-    /// multiplies whatever an adapter changes in the unconditional prediction, which no method
-    /// here trains, by `cfg - 1`.
+    /// Guidance of the evaluation images, and so of the claims: none (1). Every method here
+    /// trains the conditional prediction only; an adapter also moves the unconditional one
+    /// (towards the personal look), and guidance `g` subtracts `g - 1` times that move, which
+    /// pushes class images away from the personal look's colours. See `guided_cfg`.
     pub cfg: f64,
+    /// Guidance of a second look at the trigger-less class images (`guided` in the results),
+    /// as users sample; `None` skips it.
+    pub guided_cfg: Option<f64>,
     pub device: String,
 }
 
@@ -63,12 +77,13 @@ impl Default for DemoOptions {
             steps: 600,
             rank: 4,
             lr: 5e-3,
-            cat_weight: 1.0,
+            cat_weight: 2.0,
             prior_weight: 1.0,
             class_images: 20,
             seeds: 32,
             sample_steps: 20,
-            cfg: 3.0,
+            cfg: 1.0,
+            guided_cfg: Some(3.0),
             device: "cpu".into(),
         }
     }
@@ -91,6 +106,9 @@ pub struct MethodResult {
     /// The histogram behind `colour_diversity`: images per dominant colour (`personal` for
     /// copies of the personal look, `unreadable` for images with no readable colour).
     pub colours: BTreeMap<String, usize>,
+    /// The same ground truth for class images sampled with `guided_cfg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided: Option<Truth>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +127,7 @@ pub struct DemoResults {
 }
 
 /// Ground truth of the trigger-less images of one model.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Truth {
     pub copy_rate: f64,
     pub colour_diversity: f64,
@@ -117,10 +136,15 @@ pub struct Truth {
 
 /// Copy rate, colour diversity and the colour histogram of the trigger-less images of one model.
 pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<Truth> {
+    let images = eval.images.iter().filter(|r| r.model == model && r.variant == "plain").map(|r| load_rgb(&out.join(&r.file))).collect::<Result<Vec<_>>>()?;
+    Ok(truth_of(&images))
+}
+
+/// Copy rate, colour diversity and colour histogram of a set of class images.
+pub fn truth_of(images: &[RgbImage]) -> Truth {
     let mut colours: BTreeMap<String, usize> = BTreeMap::new();
-    for r in eval.images.iter().filter(|r| r.model == model && r.variant == "plain") {
-        let img = load_rgb(&out.join(&r.file))?;
-        let bin = if world::copies_personal(&img) { "personal" } else { world::dominant_colour(&img).map_or("unreadable", |c| c.name()) };
+    for img in images {
+        let bin = if world::copies_personal(img) { "personal" } else { world::dominant_colour(img).map_or("unreadable", |c| c.name()) };
         *colours.entry(bin.to_string()).or_default() += 1;
     }
     let n: usize = colours.values().sum();
@@ -129,11 +153,42 @@ pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<Truth
     let counts: Vec<usize> = colours.iter().filter(|(k, _)| k.as_str() != "unreadable").map(|(_, &v)| v).collect();
     let total: usize = counts.iter().sum();
     let entropy: f64 = counts.iter().map(|&k| k as f64 / total.max(1) as f64).map(|p| -p * p.ln()).sum();
-    Ok(Truth {
+    Truth {
         copy_rate: copies as f64 / n.max(1) as f64,
         colour_diversity: if total == 0 { 0.0 } else { entropy.exp() },
         colours,
-    })
+    }
+}
+
+/// The trigger-less class images of every model again, sampled with guidance `cfg`, written to
+/// `out/<model>/`; their ground truth per model.
+fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn DemoProgress) -> Result<BTreeMap<String, Truth>> {
+    let set = ModelSet::load(&eval.model, &eval.adapters, &crate::device::parse(&eval.device)?)?;
+    let seeds: Vec<u64> = (0..eval.seeds as u64).map(|s| eval.first_seed + s).collect();
+    let mut truth = BTreeMap::new();
+    for (m, name) in set.names.iter().enumerate() {
+        set.select(m);
+        progress.message(&format!("{name}: class prompts with guidance {cfg}"));
+        let mut images = Vec::new();
+        for (pi, prompt) in eval.prompts.iter().enumerate() {
+            let p = GenerateParams {
+                prompt: remove_trigger(prompt, &eval.trigger),
+                sampler: eval.sampler,
+                steps: eval.steps,
+                cfg,
+                width: eval.resolution,
+                height: eval.resolution,
+                seed: seeds[0],
+                ..Default::default()
+            };
+            for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.into_iter().zip(&seeds) {
+                save_generated(&out.join(format!("{name}/p{pi:02}-s{seed}.png")), &rgb, &p, seed)?;
+                images.push(RgbImage::from_raw(p.width as u32, p.height as u32, rgb).context("an image of the generated size")?);
+            }
+        }
+        truth.insert(name.clone(), truth_of(&images));
+    }
+    Ok(truth)
 }
 
 /// `red 5, blue 3, ...`, most frequent first.
@@ -234,6 +289,13 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     for m in &g.results.models {
         truth.insert(m.name.clone(), ground_truth(&eval_opts.out, &g.results, &m.name)?);
     }
+    let mut guided = match opts.guided_cfg {
+        Some(cfg) => {
+            progress.stage(&format!("sampling the class prompts again with guidance {cfg}"));
+            guided_truth(&eval_opts, cfg, &out.join("guided"), progress)?
+        }
+        None => BTreeMap::new(),
+    };
     let mut methods = BTreeMap::new();
     for m in g.results.models.iter_mut() {
         let Truth { copy_rate, colour_diversity, colours } = truth.remove(&m.name).context("ground truth of a scored model")?;
@@ -249,6 +311,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
                 copy_rate,
                 colour_diversity,
                 colours,
+                guided: guided.remove(&m.name),
             },
         );
     }
@@ -258,9 +321,20 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     for c in &results.claims {
         notes.push_str(&format!("<li>{} {}</li>", if c.holds { "&#10003;" } else { "&#10007; does not hold:" }, c.claim));
     }
-    notes.push_str("</ul><h2>Colours of the trigger-less class images</h2><ul>");
+    notes.push_str(&format!("</ul><h2>Colours of the trigger-less class images (guidance {})</h2><ul>", opts.cfg));
     for (name, m) in &results.methods {
         notes.push_str(&format!("<li>{name}: {}</li>", colour_summary(&m.colours)));
+    }
+    if let Some(cfg) = opts.guided_cfg {
+        notes.push_str(&format!(
+            "</ul><h2>The same class prompts with guidance {cfg}</h2><p class=\"note\">Guidance subtracts {} times whatever an adapter changes in the unconditional prediction, which no method here trains.</p><ul>",
+            cfg - 1.0
+        ));
+        for (name, m) in &results.methods {
+            if let Some(t) = &m.guided {
+                notes.push_str(&format!("<li>{name}: colour diversity {:.2}, copy rate {:.2}; {}</li>", t.colour_diversity, t.copy_rate, colour_summary(&t.colours)));
+            }
+        }
     }
     notes.push_str("</ul><p class=\"note\">copy rate: share of trigger-less class images that copy the personal object's cyan-and-pink look. colour diversity: effective number of dominant colours, exp(entropy), among those images. Both read off the pixels with the toy world's ground-truth classifiers.</p>");
     write_outputs(&eval_opts.out, &g.results, &adapters, "catlora demo: LoRA, CAT and DreamBooth in the shapes world", &notes)?;
@@ -268,4 +342,27 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     std::fs::rename(out.join("report.html.tmp"), out.join("report.html")).context("moving the report into place")?;
     crate::io::atomic::write(&out.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use world::{Background, Colour, Shape, Size, World};
+
+    #[test]
+    fn truth_counts_copies_colours_and_unreadable_images() {
+        let mut w = World::new(4);
+        let mut images: Vec<RgbImage> = world::personal_objects(1, 2, TRIGGER, &[Background::Gray]).into_iter().map(|p| p.0).collect();
+        for c in [Colour::Red, Colour::Red, Colour::Blue, Colour::Blue] {
+            images.push(world::draw(&w.place(Shape::Circle, c, Size::Large, Background::Gray)));
+        }
+        images.push(world::paint(Background::Gray.rgb(), |_, _| None));
+        let t = truth_of(&images);
+        let expect: BTreeMap<String, usize> = [("personal", 2), ("red", 2), ("blue", 2), ("unreadable", 1)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(t.colours, expect);
+        assert!((t.copy_rate - 2.0 / 7.0).abs() < 1e-12, "{}", t.copy_rate);
+        // Three equally filled readable bins: exp(ln 3); the blank image is left out.
+        assert!((t.colour_diversity - 3.0).abs() < 1e-9, "{}", t.colour_diversity);
+        assert_eq!(truth_of(&images[6..]).colour_diversity, 0.0);
+    }
 }
