@@ -175,6 +175,18 @@ fn generate_bad_inputs_fail_cleanly() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn demo_refuses_bad_settings_before_any_work() {
+    let dir = scratch("demo-bad");
+    let out = dir.join("out").display().to_string();
+    fails(&["demo", "--out", &out, "--guided-cfg=-1"], &["--guided-cfg -1", "positive"]);
+    fails(&["demo", "--out", &out, "--guided-cfg", "nan"], &["--guided-cfg NaN"]);
+    fails(&["demo", "--out", &out, "--cfg", "0"], &["--cfg 0", "positive"]);
+    fails(&["demo", "--out", &out, "--seeds", "1"], &["--seeds 1", "at least 2"]);
+    assert!(!dir.join("out").exists(), "a refused demo wrote files");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Every tensor as (shape, f32 bits), by name.
 fn tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u32>)> {
     let f = SafeTensorsFile::open(path).unwrap();

@@ -2,7 +2,7 @@
 //! complete, and report.html renders in headless Chromium with all its images.
 mod common;
 use catlora::evaluation::eval::{EvalOptions, EvalResults, check_images, evaluate, write_outputs};
-use catlora::io::image::save_png;
+use catlora::io::image::{read_png_text, save_png};
 use catlora::schedulers::SamplerKind;
 use common::*;
 use std::path::PathBuf;
@@ -59,6 +59,13 @@ fn eval_generates_scores_and_reports() {
     let base_plain = std::fs::read(out.join(&r.images.iter().find(|i| i.model == "base" && i.variant == "plain").unwrap().file)).unwrap();
     let lora_plain = std::fs::read(out.join(&r.images.iter().find(|i| i.model == "lora" && i.variant == "plain").unwrap().file)).unwrap();
     assert_ne!(base_plain, lora_plain);
+    // Each image carries its settings as AUTOMATIC1111 writes them, the adapter as a LoRA tag.
+    let text = |model: &str| {
+        let rec = r.images.iter().find(|i| i.model == model && i.variant == "trigger").unwrap();
+        read_png_text(&out.join(&rec.file)).unwrap().into_iter().find(|(k, _)| k == "parameters").expect("a parameters chunk").1
+    };
+    assert_eq!(text("lora"), "sks, a photo of a teapot <lora:lora:1>\nSteps: 2, Sampler: DDIM, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-sd");
+    assert_eq!(text("base"), "sks, a photo of a teapot\nSteps: 2, Sampler: DDIM, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-sd");
 
     write_outputs(&out, r, &opts.adapters, "catlora test report", "").unwrap();
     let back: EvalResults = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();

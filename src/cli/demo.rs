@@ -89,14 +89,14 @@ pub fn run(a: DemoArgs) -> Result<()> {
         seeds: a.seeds.unwrap_or(d.seeds),
         cfg: a.cfg.unwrap_or(d.cfg),
         guided_cfg: match a.guided_cfg {
-            Some(g) if !g.is_finite() || g < 0.0 => anyhow::bail!("--guided-cfg {g}: guidance must be 0 (skip) or positive"),
-            Some(0.0) => None,
+            Some(g) if g == 0.0 => None,
             Some(g) => Some(g),
             None => d.guided_cfg,
         },
         device: a.device,
         ..d
     };
+    opts.validate()?;
     let models = match a.models {
         Some(m) => m,
         None => catlora::toy::assets::materialise(&opts.out.join("models"))?,

@@ -157,7 +157,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create the output folder {}", a.out.display()))?;
 
-    let model_name = stem(&a.model.canonicalize().unwrap_or_else(|_| a.model.clone()));
+    let model_name = catlora::evaluation::eval::folder_name(&a.model);
     let lora_tags: String = a.loras.iter().map(|l| format!(" <lora:{}:{}>", stem(&l.path), l.weight)).collect();
     let bar = super::progress_bar((jobs.len() * a.steps) as u64, "sampling");
     let mut index = 0usize;

@@ -6,7 +6,7 @@ use super::metrics;
 use super::report;
 use crate::adapters::lora::{Adapter, attach_file};
 use crate::adapters::lora_file;
-use crate::io::image::{load_rgb, save_png, tensor_to_rgb8};
+use crate::io::image::{a1111_parameters, load_rgb, save_png, tensor_to_rgb8};
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate, seeded_latents};
 use crate::schedulers::SamplerKind;
@@ -138,10 +138,23 @@ pub fn generate_seeded(sd: &StableDiffusion, p: &GenerateParams, seeds: &[u64]) 
     Ok(tensor_to_rgb8(generate(sd, p, latents, |_, _| {})?))
 }
 
-/// Saves a generated image with its settings in the PNG `parameters` text, as AUTOMATIC1111 does.
-pub fn save_generated(path: &Path, rgb: &[u8], p: &GenerateParams, seed: u64) -> Result<()> {
-    let params = format!("{}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}", p.prompt, p.steps, p.sampler, p.cfg, p.width, p.height);
-    save_png(path, rgb, p.width as u32, p.height as u32, &[("parameters", &params)])
+/// Saves a generated image with its settings in AUTOMATIC1111's `parameters` text, as
+/// `catlora generate` does: `model` is the base model's name, `lora` the adapter in use (written
+/// as a `<lora:name:1>` tag after the prompt).
+pub fn save_generated(path: &Path, rgb: &[u8], p: &GenerateParams, seed: u64, model: &str, lora: Option<&str>) -> Result<()> {
+    let prompt = match lora {
+        Some(name) => format!("{} <lora:{name}:1>", p.prompt),
+        None => p.prompt.clone(),
+    };
+    let (w, h) = (p.width as u32, p.height as u32);
+    let text = a1111_parameters(&prompt, &p.negative_prompt, p.steps, p.sampler.name(), p.cfg as f32, seed, w, h, model, &[]);
+    save_png(path, rgb, w, h, &[("parameters", &text)])
+}
+
+/// A model folder's name, for image metadata.
+pub fn folder_name(path: &Path) -> String {
+    let p = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 pub struct Generated {
@@ -163,6 +176,7 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
     set.sd.check_size(opts.resolution, opts.resolution)?;
     let clip = ClipModel::load(&opts.clip, &device)?;
     let names = set.names.clone();
+    let model_name = folder_name(&opts.model);
     let seeds: Vec<u64> = (0..opts.seeds as u64).map(|s| opts.first_seed + s).collect();
     let prompts: Vec<String> = opts
         .prompts
@@ -191,7 +205,7 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
                 };
                 for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.iter().zip(&seeds) {
                     let file = format!("images/{name}/{variant}/p{pi:02}-s{seed}.png");
-                    save_generated(&opts.out.join(&file), rgb, &p, seed)?;
+                    save_generated(&opts.out.join(&file), rgb, &p, seed, &model_name, (m > 0).then_some(name.as_str()))?;
                     images.push(ImageRecord { model: name.clone(), prompt_index: pi, variant: variant.into(), prompt: text.clone(), seed, file });
                 }
             }

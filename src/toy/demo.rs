@@ -19,14 +19,14 @@
 //! trains. The class prompts are then sampled once more with guidance (`guided_cfg`, CFG 3), as
 //! users sample, and that ground truth is reported beside the claims.
 use super::world;
-use crate::evaluation::eval::{EvalOptions, EvalResults, ModelSet, evaluate, generate_seeded, save_generated, write_outputs};
+use crate::evaluation::eval::{EvalOptions, EvalResults, ModelSet, evaluate, folder_name, generate_seeded, save_generated, write_outputs};
 use crate::io::image::{RgbImage, load_rgb, save_png};
 use crate::pipeline::txt2img::GenerateParams;
 use crate::training::trigger::remove_trigger;
 use crate::schedulers::SamplerKind;
 use crate::training::config::{Concept, Method, TrainConfig};
 use crate::training::trainer::{Progress, train};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,6 +85,24 @@ impl Default for DemoOptions {
             cfg: 1.0,
             guided_cfg: Some(3.0),
             device: "cpu".into(),
+        }
+    }
+}
+
+impl DemoOptions {
+    /// Refuses settings the evaluation would reject only after training, and guidance that is
+    /// not a positive number.
+    pub fn validate(&self) -> Result<()> {
+        let guidance = |g: f64| g.is_finite() && g > 0.0;
+        let checks = [
+            ("the demo needs at least 1 image of the personal object".to_string(), self.images == 0),
+            (format!("--seeds {}: at least 2 seeds per prompt (diversity compares images of one prompt)", self.seeds), self.seeds < 2),
+            (format!("--cfg {}: guidance must be a positive number", self.cfg), !guidance(self.cfg)),
+            (format!("--guided-cfg {}: guidance must be 0 (skip) or a positive number", self.guided_cfg.unwrap_or(0.0)), self.guided_cfg.is_some_and(|g| !guidance(g))),
+        ];
+        match checks.into_iter().find(|(_, bad)| *bad) {
+            Some((msg, _)) => bail!("{msg}"),
+            None => Ok(()),
         }
     }
 }
@@ -165,6 +183,7 @@ pub fn truth_of(images: &[RgbImage]) -> Truth {
 fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn DemoProgress) -> Result<BTreeMap<String, Truth>> {
     let set = ModelSet::load(&eval.model, &eval.adapters, &crate::device::parse(&eval.device)?)?;
     let seeds: Vec<u64> = (0..eval.seeds as u64).map(|s| eval.first_seed + s).collect();
+    let model_name = folder_name(&eval.model);
     let mut truth = BTreeMap::new();
     for (m, name) in set.names.iter().enumerate() {
         set.select(m);
@@ -182,7 +201,7 @@ fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn Dem
                 ..Default::default()
             };
             for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.into_iter().zip(&seeds) {
-                save_generated(&out.join(format!("{name}/p{pi:02}-s{seed}.png")), &rgb, &p, seed)?;
+                save_generated(&out.join(format!("{name}/p{pi:02}-s{seed}.png")), &rgb, &p, seed, &model_name, (m > 0).then_some(name.as_str()))?;
                 images.push(RgbImage::from_raw(p.width as u32, p.height as u32, rgb).context("an image of the generated size")?);
             }
         }
@@ -224,6 +243,7 @@ pub trait DemoProgress: Progress {
 }
 
 pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -> Result<DemoResults> {
+    opts.validate()?;
     let started = Instant::now();
     let out = &opts.out;
     let data = out.join("data");
