@@ -12,7 +12,8 @@ use catlora::pipeline::model::StableDiffusion;
 use catlora::rng::Rng;
 use catlora::toy::clip::TrainableClip;
 use catlora::toy::eval::{self, SampleSettings};
-use catlora::toy::params::{HostParams, Precision, write_safetensors};
+use catlora::io::safetensors::StoreAs;
+use catlora::toy::params::{HostParams, write_safetensors};
 use catlora::toy::pretrain::{self, PretrainOptions, clip_pixels};
 use catlora::toy::world::{self, Background, Colour, Shape, Size, World};
 use catlora::training::adamw::AdamWConfig;
@@ -112,7 +113,7 @@ fn save_rounded(model: &mut dyn catlora::toy::params::Visit, path: &std::path::P
     let mut hp = HostParams::collect(model, AdamWConfig::default());
     hp.round_to_f16();
     hp.install(model, false);
-    write_safetensors(path, &hp.torch_tensors(|n| Some(n.to_string())), Precision::F16).unwrap();
+    write_safetensors(path, &hp.torch_tensors(|n| Some(n.to_string())), StoreAs::F16).unwrap();
     Weights::open_files(&[path.to_path_buf()], &device()).unwrap()
 }
 

@@ -36,6 +36,27 @@ pub struct EvalOptions {
     pub device: String,
 }
 
+impl EvalOptions {
+    /// The seeds, `first_seed` on: seed `s` gives every model the same initial noise.
+    pub fn seed_list(&self) -> Vec<u64> {
+        (0..self.seeds as u64).map(|s| self.first_seed + s).collect()
+    }
+
+    /// The sampling settings of one prompt's images.
+    pub fn params(&self, prompt: String) -> GenerateParams {
+        GenerateParams {
+            prompt,
+            sampler: self.sampler,
+            steps: self.steps,
+            cfg: self.cfg,
+            width: self.resolution,
+            height: self.resolution,
+            seed: self.first_seed,
+            ..Default::default()
+        }
+    }
+}
+
 /// Reads a prompts file: one prompt a line; blank lines and `#` comments are skipped.
 pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the prompts file {}", path.display()))?;
@@ -177,7 +198,7 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
     let clip = ClipModel::load(&opts.clip, &device)?;
     let names = set.names.clone();
     let model_name = folder_name(&opts.model);
-    let seeds: Vec<u64> = (0..opts.seeds as u64).map(|s| opts.first_seed + s).collect();
+    let seeds = opts.seed_list();
     let prompts: Vec<String> = opts
         .prompts
         .iter()
@@ -193,16 +214,7 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
             for (variant, text) in [("trigger", prompt.clone()), ("plain", remove_trigger(prompt, &opts.trigger))] {
                 done += 1;
                 progress(&format!("[{done}/{total}] {name}: {text}"));
-                let p = GenerateParams {
-                    prompt: text.clone(),
-                    sampler: opts.sampler,
-                    steps: opts.steps,
-                    cfg: opts.cfg,
-                    width: opts.resolution,
-                    height: opts.resolution,
-                    seed: seeds[0],
-                    ..Default::default()
-                };
+                let p = opts.params(text.clone());
                 for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.iter().zip(&seeds) {
                     let file = format!("images/{name}/{variant}/p{pi:02}-s{seed}.png");
                     save_generated(&opts.out.join(&file), rgb, &p, seed, &model_name, (m > 0).then_some(name.as_str()))?;

@@ -182,7 +182,7 @@ pub fn truth_of(images: &[RgbImage]) -> Truth {
 /// `out/<model>/`; their ground truth per model.
 fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn DemoProgress) -> Result<BTreeMap<String, Truth>> {
     let set = ModelSet::load(&eval.model, &eval.adapters, &crate::device::parse(&eval.device)?)?;
-    let seeds: Vec<u64> = (0..eval.seeds as u64).map(|s| eval.first_seed + s).collect();
+    let seeds = eval.seed_list();
     let model_name = folder_name(&eval.model);
     let mut truth = BTreeMap::new();
     for (m, name) in set.names.iter().enumerate() {
@@ -190,16 +190,7 @@ fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn Dem
         progress.message(&format!("{name}: class prompts with guidance {cfg}"));
         let mut images = Vec::new();
         for (pi, prompt) in eval.prompts.iter().enumerate() {
-            let p = GenerateParams {
-                prompt: remove_trigger(prompt, &eval.trigger),
-                sampler: eval.sampler,
-                steps: eval.steps,
-                cfg,
-                width: eval.resolution,
-                height: eval.resolution,
-                seed: seeds[0],
-                ..Default::default()
-            };
+            let p = GenerateParams { cfg, ..eval.params(remove_trigger(prompt, &eval.trigger)) };
             for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.into_iter().zip(&seeds) {
                 save_generated(&out.join(format!("{name}/p{pi:02}-s{seed}.png")), &rgb, &p, seed, &model_name, (m > 0).then_some(name.as_str()))?;
                 images.push(RgbImage::from_raw(p.width as u32, p.height as u32, rgb).context("an image of the generated size")?);

@@ -11,7 +11,7 @@
 //! * [`eval`]: prompt following and caption ranking measured with the world's classifiers;
 //! * [`params`]: full-model training with the crate's host-side AdamW through the models'
 //!   `visit`, half-precision rounding and saving in PyTorch's layout;
-//! * [`clip`]: a trainable `CLIPModel` (the vision tower mirrors `models::clip_vision`).
+//! * [`clip`]: a trainable `CLIPModel` over the crate's CLIP text and vision transformers.
 //!
 //! The committed models live in `assets/toy/` ([`default_assets_dir`], embedded by [`assets`]);
 //! they are what `pretrain(&default_assets_dir(), &PretrainOptions::default())` (the CLI's

@@ -1,6 +1,7 @@
 //! Full-model training with the crate's host-side AdamW: every parameter a model's `visit`
 //! reaches is copied to the host, installed as an autodiff leaf before each step, and updated
 //! from its gradient afterwards. Also half-precision rounding and saving in the PyTorch layout.
+use crate::io::safetensors::{OwnedTensor, StoreAs, write_as};
 use crate::models::layers::ParamVisitor;
 use crate::training::adamw::{AdamW, AdamWConfig};
 use anyhow::{Result, bail};
@@ -190,15 +191,15 @@ impl HostParams {
     /// The tensors in PyTorch's layout, named with `rename(name)` (`None` drops a tensor):
     /// 2-D tensors are linear weights kept as `[in, out]` and are transposed back to
     /// `[out, in]`, except embedding tables (names ending in `embedding.weight`).
-    pub fn torch_tensors(&self, rename: impl Fn(&str) -> Option<String>) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    pub fn torch_tensors(&self, rename: impl Fn(&str) -> Option<String>) -> BTreeMap<String, OwnedTensor> {
         let mut out = BTreeMap::new();
         for ((name, shape), values) in self.names.iter().zip(&self.shapes).zip(&self.values) {
             let Some(key) = rename(name) else { continue };
             if shape.len() == 2 && !name.ends_with("embedding.weight") {
                 let (rows, cols) = (shape[0], shape[1]);
-                out.insert(key, (vec![cols, rows], crate::models::weights::transpose(values, rows, cols)));
+                out.insert(key, OwnedTensor { shape: vec![cols, rows], data: crate::models::weights::transpose(values, rows, cols) });
             } else {
-                out.insert(key, (shape.clone(), values.clone()));
+                out.insert(key, OwnedTensor { shape: shape.clone(), data: values.clone() });
             }
         }
         out
@@ -216,13 +217,8 @@ pub fn lr_at(step: usize, total: usize, peak: f64, warmup: usize, floor: f64) ->
 
 pub use crate::io::safetensors::{f16_to_f32, f32_to_f16};
 
-/// Element type of a written safetensors file.
-pub use crate::io::safetensors::StoreAs as Precision;
-
 /// Writes tensors as a safetensors file with PyTorch's `{"format": "pt"}` metadata, atomically.
-pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, precision: Precision) -> Result<()> {
-    use crate::io::safetensors::{OwnedTensor, write_as};
-    let owned = tensors.iter().map(|(k, (shape, data))| (k.clone(), OwnedTensor { shape: shape.clone(), data: data.clone() })).collect();
+pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, OwnedTensor>, store: StoreAs) -> Result<()> {
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    write_as(path, &owned, &meta, precision)
+    write_as(path, tensors, &meta, store)
 }

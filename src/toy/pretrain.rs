@@ -20,10 +20,11 @@
 //! to half precision before the next stage uses it, and saved in half precision, so later stages
 //! see exactly the weights that ship. Everything is a function of the seed.
 use super::clip::TrainableClip;
-use super::params::{HostParams, Precision, StepOptions, lr_at, write_safetensors};
+use super::params::{HostParams, StepOptions, lr_at, write_safetensors};
 use super::world::{self, Background, CaptionStyle, Scene, World};
 use crate::evaluation::clip::{OPENAI_MEAN, OPENAI_STD};
 use crate::io::image::{RgbImage, rgb_to_tensor};
+use crate::io::safetensors::StoreAs;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::ClipVisionConfig;
 use crate::models::config::{ClipTextConfig, UNetConfig, VaeConfig};
@@ -575,9 +576,9 @@ pub fn write_clip(dir: &Path, hp: &HostParams, tokenizer_from: &Path) -> Result<
     let mut tensors = hp.torch_tensors(|n| Some(n.to_string()));
     // transformers stores the temperature as a 0-d tensor.
     if let Some(t) = tensors.get_mut("logit_scale") {
-        t.0 = vec![];
+        t.shape = vec![];
     }
-    write_safetensors(&dir.join("model.safetensors"), &tensors, Precision::F16)?;
+    write_safetensors(&dir.join("model.safetensors"), &tensors, StoreAs::F16)?;
     write_json(&dir.join("config.json"), &clip_config_json())?;
     write_json(&dir.join("preprocessor_config.json"), &preprocessor_config_json())?;
     copy_tokenizer(tokenizer_from, dir)
@@ -745,7 +746,7 @@ fn train_unet(
 
 fn write_unet(dir: &Path, hp: &HostParams) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &hp.torch_tensors(|n| Some(n.to_string())), Precision::F16)?;
+    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &hp.torch_tensors(|n| Some(n.to_string())), StoreAs::F16)?;
     write_json(&dir.join("config.json"), &unet_config_json())
 }
 
@@ -811,8 +812,8 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     let te_dir = sd_dir.join("text_encoder");
     std::fs::create_dir_all(&te_dir)?;
     let te_tensors = clip_hp.torch_tensors(|n| n.strip_prefix("text_model.").map(str::to_string));
-    report.parameters.insert("text_encoder".into(), te_tensors.values().map(|t| t.1.len()).sum());
-    write_safetensors(&te_dir.join("model.safetensors"), &te_tensors, Precision::F16)?;
+    report.parameters.insert("text_encoder".into(), te_tensors.values().map(|t| t.data.len()).sum());
+    write_safetensors(&te_dir.join("model.safetensors"), &te_tensors, StoreAs::F16)?;
     write_json(&te_dir.join("config.json"), &text_config_json())?;
     let tok_out = sd_dir.join("tokenizer");
     std::fs::create_dir_all(&tok_out)?;
@@ -849,7 +850,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     report.vae_scaling_factor = scaling;
     let vae_dir = sd_dir.join("vae");
     std::fs::create_dir_all(&vae_dir)?;
-    write_safetensors(&vae_dir.join("diffusion_pytorch_model.safetensors"), &vae_hp.torch_tensors(|n| Some(n.to_string())), Precision::F16)?;
+    write_safetensors(&vae_dir.join("diffusion_pytorch_model.safetensors"), &vae_hp.torch_tensors(|n| Some(n.to_string())), StoreAs::F16)?;
     write_json(&vae_dir.join("config.json"), &vae_config_json(scaling))?;
     let check = |imgs: Vec<RgbImage>| reconstruction_mae(&vae, &imgs, &device);
     report.vae_reconstruction_mae.insert("world".into(), check(World::new(opts.seed ^ 0x7e57).samples(32).into_iter().map(|s| s.image).collect()));
