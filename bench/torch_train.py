@@ -27,7 +27,7 @@ first step's loss (first_loss) does not depend on the adapter's initialisation a
 catlora's on a checkpoint.
 
 Usage:
-  python bench/torch_train.py --unet ../shared/fixtures/tiny-sd/unet [--iters 5]
+  python bench/torch_train.py --unet tests/fixtures/tiny-sd/unet [--iters 5]
   python bench/torch_train.py --sd15 [--iters 3]
   python bench/torch_train.py --cases '<JSON list of catlora BenchCase>' [--methods lora,cat_authors]
 Threads: --threads, else the CPUs this process may use.

@@ -13,7 +13,7 @@ Inputs come from formulas rather than random generators, so that catlora and tor
 same numbers: x_i = sin(0.37 i + 0.1), c_j = 0.5 cos(0.13 j) over the flat index (f64, then f32).
 
 Usage (catlora bench runs it for you with --torch PYTHON):
-  python bench/torch_unet.py --unet ../shared/fixtures/tiny-sd/unet [--iters 10] [--threads 2]
+  python bench/torch_unet.py --unet tests/fixtures/tiny-sd/unet [--iters 10] [--threads 2]
   python bench/torch_unet.py --sd15 [--iters 3]
   python bench/torch_unet.py --cases '<JSON list of catlora BenchCase>' --threads 2
 Threads: torch.set_num_threads(--threads); without --threads, the number of CPUs this process may

@@ -2,29 +2,84 @@
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 
-/// Parses `cpu` / `flex` (the default build's CPU backend) or `vulkan[:N]` (with the `vulkan`
-/// cargo feature).
+/// The names `--device` accepts, for messages.
+pub const DEVICE_NAMES: &str = "`cpu`, `vulkan[:N]` (build feature `vulkan`), `libtorch` or `libtorch-cuda[:N]` (build feature `libtorch`)";
+
+/// Parses `cpu` / `flex` (the default build's CPU backend), `vulkan[:N]` (with the `vulkan`
+/// cargo feature), `libtorch` (PyTorch's CPU kernels) or `libtorch-cuda[:N]` (with the
+/// `libtorch` cargo feature).
 pub fn parse(name: &str) -> Result<Device> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),
         v if v == "vulkan" || v.starts_with("vulkan:") => vulkan(v),
-        other => bail!("unknown device `{other}`: use `cpu` or `vulkan[:N]`"),
+        v if v == "libtorch" || v == "libtorch-cuda" || v.starts_with("libtorch-cuda:") => libtorch(v),
+        other => bail!("unknown device `{other}`: use {DEVICE_NAMES}"),
+    }
+}
+
+/// The index after `prefix:`, or `None` for the bare name.
+fn index(spec: &str, prefix: &str) -> Result<Option<usize>> {
+    match spec.strip_prefix(prefix).and_then(|r| r.strip_prefix(':')) {
+        None => Ok(None),
+        Some(n) => n.parse().map(Some).map_err(|_| anyhow::anyhow!("device `{spec}`: `{n}` is not a device index")),
     }
 }
 
 #[cfg(feature = "vulkan")]
 fn vulkan(spec: &str) -> Result<Device> {
     use burn::tensor::DeviceKind;
-    let kind = match spec.strip_prefix("vulkan:") {
+    let kind = match index(spec, "vulkan")? {
         None => DeviceKind::DefaultDevice,
-        Some(n) => DeviceKind::DiscreteGpu(
-            n.parse().map_err(|_| anyhow::anyhow!("device `{spec}`: `{n}` is not a GPU index"))?,
-        ),
+        Some(n) => DeviceKind::DiscreteGpu(n),
     };
     Ok(Device::vulkan(kind))
 }
 
 #[cfg(not(feature = "vulkan"))]
 fn vulkan(spec: &str) -> Result<Device> {
+    index(spec, "vulkan")?;
     bail!("device `{spec}` needs a build with `--features vulkan`")
+}
+
+#[cfg(feature = "libtorch")]
+fn libtorch(spec: &str) -> Result<Device> {
+    if spec == "libtorch" {
+        return Ok(Device::libtorch());
+    }
+    let n = index(spec, "libtorch-cuda")?.unwrap_or(0);
+    let available = tch_cuda_devices();
+    if n >= available {
+        bail!("device `{spec}`: this machine's libtorch sees {available} CUDA device(s)");
+    }
+    Ok(Device::libtorch_cuda(n))
+}
+
+/// The number of CUDA devices libtorch can use (0 without CUDA).
+#[cfg(feature = "libtorch")]
+pub fn tch_cuda_devices() -> usize {
+    tch::Cuda::device_count().max(0) as usize
+}
+
+#[cfg(not(feature = "libtorch"))]
+fn libtorch(spec: &str) -> Result<Device> {
+    if spec != "libtorch" {
+        index(spec, "libtorch-cuda")?;
+    }
+    bail!("device `{spec}` needs a build with `--features libtorch` (see the README's GPU section)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_indices() {
+        assert!(parse("cpu").is_ok());
+        let e = parse("tpu").unwrap_err().to_string();
+        assert!(e.contains("tpu") && e.contains("libtorch"), "{e}");
+        let e = parse("vulkan:x").unwrap_err().to_string();
+        assert!(e.contains("`x` is not a device index"), "{e}");
+        let e = parse("libtorch-cuda:y").unwrap_err().to_string();
+        assert!(e.contains("`y` is not a device index"), "{e}");
+    }
 }

@@ -7,6 +7,7 @@ pub mod adapters;
 pub mod bench;
 pub mod device;
 pub mod evaluation;
+pub mod fixtures;
 pub mod io;
 pub mod models;
 pub mod pipeline;

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 const EXE: &str = env!("CARGO_BIN_EXE_catlora");
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+    PathBuf::from(catlora::fixtures::FIXTURES_DIR)
 }
 fn model() -> String {
     fixtures().join("tiny-sd").display().to_string()

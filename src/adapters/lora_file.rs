@@ -619,7 +619,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(p: &str) -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")).join(p)
+        crate::fixtures::fixture(p)
     }
     fn kohya_fixture() -> PathBuf {
         fixture("lora-kohya/lora.safetensors")

@@ -85,7 +85,7 @@ mod tests {
     use burn::tensor::Device;
 
     fn tiny_clip() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny-clip"))
+        crate::fixtures::fixture("tiny-clip")
     }
 
     fn model() -> ClipModel {

@@ -61,7 +61,7 @@ mod tests {
 
     #[test]
     fn vit_b32_with_random_weights_embeds_to_unit_vectors() {
-        let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-clip");
+        let tok = crate::fixtures::fixture("tiny-clip");
         let device = Device::flex();
         let mut clip = random_vit_b32(&tok, &device).unwrap();
         assert_eq!(clip.image_size(), 224);

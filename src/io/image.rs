@@ -290,7 +290,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixtures() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+        PathBuf::from(crate::fixtures::FIXTURES_DIR)
     }
 
     fn scratch(name: &str) -> PathBuf {

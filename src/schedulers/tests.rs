@@ -36,7 +36,7 @@ fn close(got: &[f64], want: &[f64], rel: f64, what: &str) {
 
 #[test]
 fn fixture_timesteps() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+    let dir = crate::fixtures::FIXTURES_DIR;
     let config = load(&Path::new(dir).join("tiny-sd/scheduler/scheduler_config.json")).unwrap();
     let file = SafeTensorsFile::open(&Path::new(dir).join("reference.safetensors")).unwrap();
     for (kind, name) in [

@@ -361,7 +361,7 @@ const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
 fn tokenizer_source(opts: &PretrainOptions) -> Result<PathBuf> {
     let candidates = match &opts.tokenizer_dir {
         Some(d) => vec![d.clone()],
-        None => vec![default_assets_dir().join("clip"), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-clip")],
+        None => vec![default_assets_dir().join("clip"), crate::fixtures::fixture("tiny-clip")],
     };
     for c in &candidates {
         if TOKENIZER_FILES.iter().all(|f| c.join(f).is_file()) {

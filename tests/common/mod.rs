@@ -6,7 +6,7 @@ use catlora::io::safetensors::SafeTensorsFile;
 use std::path::PathBuf;
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    PathBuf::from(catlora::fixtures::FIXTURES_DIR)
 }
 
 pub fn reference() -> SafeTensorsFile {
