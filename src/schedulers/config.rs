@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn reads_the_fixture_config() {
         let p = crate::fixtures::fixture("tiny-sd/scheduler/scheduler_config.json");
-        let c = load(Path::new(p)).unwrap();
+        let c = load(&p).unwrap();
         assert_eq!(c.beta_schedule, BetaSchedule::ScaledLinear);
         assert_eq!((c.beta_start, c.beta_end, c.num_train_timesteps, c.steps_offset), (0.00085, 0.012, 1000, 1));
         assert_eq!(c.prediction_type, PredictionType::Epsilon);
