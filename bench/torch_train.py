@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One training step, PyTorch + diffusers + peft: plain LoRA against the CAT authors'
-formulation, on the same UNet cases as bench/torch_unet.py (which this script imports: keep the
+formulation and CAT with the adapter switched off for the base pass, on the same UNet cases as bench/torch_unet.py (which this script imports: keep the
 two files side by side). One JSON line per (case, method) on stdout.
 
 Both methods: LoRA rank 1 (alpha 1, gaussian init as diffusers' LoRA training script) on
@@ -16,6 +16,9 @@ columns.
                  caption: loss = mse(UNet_lora(x_t, trigger), noise)
                                + lambda * mse(UNet_lora(x_t, plain), UNet_base(x_t, plain))
                  3 forwards, backward through 2.
+  * cat_off:     the same loss with the base prediction from the same UNet with the adapter
+                 switched off (diffusers' `disable_adapters`, no_grad): catlora's algorithm, the fair
+                 engine-to-engine comparison. 3 forwards, backward through 2.
 Each (case, method) runs in a fresh child process. Memory: rss_loaded_mb is the RSS once the one
 UNet is loaded; VmHWM is then reset, so peak_mb is the high-water mark of everything after it (the
 cat_authors second UNet copy, the adapter, the optimizer, the steps) and peak_mb - rss_loaded_mb is
@@ -44,7 +47,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_unet as tu  # noqa: E402
 
-METHODS = ("lora", "cat_authors")
+METHODS = ("lora", "cat_authors", "cat_off")
 TIMESTEP = 500  # an integer training timestep, as catlora's TRAIN_TIMESTEP
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -70,6 +73,7 @@ def run_case(case, method, threads, lam, lr, rank):
     params = sum(p.numel() for p in unet.parameters())
 
     base = None
+    cat = method in ("cat_authors", "cat_off")
     if method == "cat_authors":
         base = copy.deepcopy(unet).eval()
     torch.manual_seed(0)
@@ -95,9 +99,16 @@ def run_case(case, method, threads, lam, lr, rank):
         zt = sched.add_noise(x0, noise, t)
         loss_d = mse(unet(zt, t, encoder_hidden_states=trigger).sample, noise)
         loss, loss_c = loss_d, None
-        if base is not None:
+        if cat:
             with torch.no_grad():
-                target = base(zt, t, encoder_hidden_states=plain).sample
+                if base is not None:
+                    target = base(zt, t, encoder_hidden_states=plain).sample
+                else:
+                    unet.disable_adapters()
+                    try:
+                        target = unet(zt, t, encoder_hidden_states=plain).sample
+                    finally:
+                        unet.enable_adapters()
             loss_c = mse(unet(zt, t, encoder_hidden_states=plain).sample, target)
             loss = loss_d + lam * loss_c
         loss.backward()
@@ -125,9 +136,9 @@ def run_case(case, method, threads, lam, lr, rank):
         "params": params,
         "trainable_params": sum(p.numel() for p in lora_params),
         "rank": rank,
-        "lambda": lam if base is not None else 0.0,
+        "lambda": lam if cat else 0.0,
         "lr": lr,
-        "forwards": 3 if base is not None else 1,
+        "forwards": 3 if cat else 1,
         "load_s": load_s,
         "step_ms": statistics.median(times),
         "step_all_ms": times,
@@ -148,13 +159,13 @@ def main():
     ap.add_argument("--cases", help="JSON list of catlora BenchCase objects")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated: lora, cat_authors")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated: lora, cat_authors, cat_off")
     ap.add_argument("--unet", help="a diffusers unet folder (case `tiny`)")
     ap.add_argument("--sd15", action="store_true", help="the SD 1.5 UNet with random weights at 256 px (case `sd15-256`)")
-    ap.add_argument("--iters", type=int, help="timed steps (default 5 for --unet, 3 for --sd15)")
+    ap.add_argument("--iters", type=int, help="timed steps (default 5)")
     ap.add_argument("--latent", type=int, help="latent side for --unet (default: its sample_size)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--lam", type=float, default=1.0, help="weight of the preservation term (cat_authors)")
+    ap.add_argument("--lam", type=float, default=1.0, help="weight of the preservation term (cat_authors, cat_off)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--rank", type=int, default=1, help="LoRA rank (alpha 1)")
     a = ap.parse_args()
@@ -175,13 +186,13 @@ def main():
                           "tokens": 77, "iters": a.iters or 5})
         if a.sd15:
             cases.append({"name": "sd15-256", "model": {"kind": "random", "config": tu.SD15_CONFIG, "seed": 0},
-                          "batch": 1, "latent": 32, "tokens": 77, "iters": a.iters or 3})
+                          "batch": 1, "latent": 32, "tokens": 77, "iters": a.iters or 5})
         if not cases:
             ap.error("give --cases, --unet or --sd15")
     methods = [m for m in a.methods.split(",") if m]
     for m in methods:
         if m not in METHODS:
-            ap.error(f"unknown method {m!r} (lora, cat_authors)")
+            ap.error(f"unknown method {m!r} (lora, cat_authors, cat_off)")
     for case in cases:
         for m in methods:
             cmd = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(case), "--method", m,

@@ -68,6 +68,16 @@ fn libtorch(spec: &str) -> Result<Device> {
     bail!("device `{spec}` needs a build with `--features libtorch` (see the README's GPU section)")
 }
 
+/// Sets the compute threads of the backend behind `device` where it keeps its own pool
+/// (libtorch; flex uses rayon's, sized by `RAYON_NUM_THREADS`).
+pub fn set_threads(device: &str, threads: usize) {
+    #[cfg(feature = "libtorch")]
+    if device.starts_with("libtorch") {
+        tch::set_num_threads(threads as i32);
+    }
+    let _ = (device, threads);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

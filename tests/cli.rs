@@ -289,8 +289,11 @@ fn train_writes_an_adapter_that_inspect_reads() {
 fn bench_runs_the_fixture_unet() {
     let unet = fixtures().join("tiny-sd").display().to_string();
     let table = ok(&["bench", "--unet", &unet, "--iters", "1", "--threads", "2"]);
-    assert!(table.contains("tiny-sd") && table.contains("forward (ms)"), "{table}");
+    assert!(table.contains("tiny-sd") && table.contains("forward (ms)") && table.contains("load average"), "{table}");
+    let table = ok(&["bench", "--train", "--unet", &unet, "--iters", "1", "--threads", "2"]);
+    assert!(table.contains("catlora CAT") && table.contains("CAT step / LoRA step (catlora)") && table.contains("load average"), "{table}");
     fails(&["bench", "--unet", "/no/unet"], &["/no/unet"]);
+    fails(&["bench", "--unet", &unet, "--device", "tpu"], &["tpu"]);
 }
 
 #[test]

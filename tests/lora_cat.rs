@@ -7,7 +7,8 @@ use catlora::models::clip_text::ClipTextModel;
 use catlora::models::config::{ClipTextConfig, UNetConfig};
 use catlora::models::unet::UNet;
 use catlora::models::weights::{Weights, transpose};
-use catlora::training::objective::{StepInputs, Trainable, cat_gradients};
+use catlora::training::objective::{StepInputs, cat_gradients};
+use catlora::training::params::{AdapterParams, Params, host};
 use common::*;
 
 fn unet() -> UNet {
@@ -72,8 +73,8 @@ fn one_cat_step_matches_the_reference_losses_and_every_gradient() {
     let file = read_lora(&mut unet, FORMATS[1]);
     let mut targets = Targets { unet: &mut unet, text_encoder: None };
     let adapter = attach_file(&mut targets, &file, 1.0, "fixture").unwrap();
-    let trainable = Trainable::from_adapter(&mut targets, &adapter);
-    let leaves = trainable.install(&mut targets, &dev, true);
+    let params = Params::collect(&mut AdapterParams { targets: &mut targets, adapter: &adapter });
+    let leaves = params.install(&mut AdapterParams { targets: &mut targets, adapter: &adapter }, true);
 
     let (_, plain) = r.i64("cat_plain_ids").unwrap();
     let plain: Vec<u32> = plain.iter().map(|&i| i as u32).collect();
@@ -92,7 +93,7 @@ fn one_cat_step_matches_the_reference_losses_and_every_gradient() {
         prior: None,
     };
     let lambda = r.f32("cat_lambda").unwrap().1[0] as f64;
-    let (terms, grads) = cat_gradients(&unet, &adapter.gate, &leaves, &trainable.names, &inputs, lambda).unwrap();
+    let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs, lambda).unwrap();
     for (name, got) in [("cat_loss_diffusion", terms.diffusion), ("cat_loss_cat", terms.cat), ("cat_loss_total", terms.total)] {
         let want = r.f32(name).unwrap().1[0] as f64;
         assert!((got - want).abs() <= 1e-4 * want.abs(), "{name}: {got} vs {want}");
@@ -101,12 +102,13 @@ fn one_cat_step_matches_the_reference_losses_and_every_gradient() {
     let g = catlora::io::safetensors::SafeTensorsFile::open(&fixtures().join("cat-step-grads.safetensors")).unwrap();
     assert_eq!(g.names().count(), grads.len(), "one reference gradient per adapter tensor");
     let mut worst = 0f32;
-    for ((name, got), shape) in trainable.names.iter().zip(&grads).zip(&trainable.shapes) {
+    for ((name, got), shape) in params.names.iter().zip(&grads).zip(&params.shapes) {
+        let got = host(got);
         let module = name.strip_prefix("unet.").unwrap();
         let (key, got) = if let Some(m) = module.strip_suffix(".down") {
-            (format!("grad.{m}.lora_A.weight"), transpose(got, shape[0], shape[1]))
+            (format!("grad.{m}.lora_A.weight"), transpose(&got, shape[0], shape[1]))
         } else {
-            (format!("grad.{}.lora_B.weight", module.strip_suffix(".up").unwrap()), transpose(got, shape[0], shape[1]))
+            (format!("grad.{}.lora_B.weight", module.strip_suffix(".up").unwrap()), transpose(&got, shape[0], shape[1]))
         };
         let (_, want) = g.f32(&key).unwrap();
         let e = rel_max_err(&got, &want);

@@ -13,7 +13,7 @@ use catlora::rng::Rng;
 use catlora::toy::clip::TrainableClip;
 use catlora::toy::eval::{self, SampleSettings};
 use catlora::io::safetensors::StoreAs;
-use catlora::toy::params::{HostParams, write_safetensors};
+use catlora::toy::params::{ModelParams, round_to_f16, torch_tensors, write_safetensors};
 use catlora::toy::pretrain::{self, PretrainOptions, clip_pixels};
 use catlora::toy::world::{self, Background, Colour, Shape, Size, World};
 use catlora::training::adamw::AdamWConfig;
@@ -109,15 +109,15 @@ fn classifiers_on_a_chosen_scene() {
 
 /// Rounds a model's parameters to half precision, installs them, saves them as pretraining
 /// does and opens the file.
-fn save_rounded(model: &mut dyn catlora::toy::params::Visit, path: &std::path::Path) -> Weights {
-    let mut hp = HostParams::collect(model, AdamWConfig::default());
-    hp.round_to_f16();
+fn save_rounded(model: &mut dyn catlora::training::params::ParamSource, path: &std::path::Path) -> Weights {
+    let mut hp = ModelParams::collect(model, AdamWConfig::default());
+    round_to_f16(&mut hp.params);
     hp.install(model, false);
-    write_safetensors(path, &hp.torch_tensors(|n| Some(n.to_string())), StoreAs::F16).unwrap();
+    write_safetensors(path, &torch_tensors(&hp.params, |n| Some(n.to_string())), StoreAs::F16).unwrap();
     Weights::open_files(&[path.to_path_buf()], &device()).unwrap()
 }
 
-/// Saving with `HostParams::torch_tensors` gives the names and layouts the loaders read: a
+/// Saving with `torch_tensors` gives the names and layouts the loaders read: a
 /// model loaded from the written file computes what the in-memory one does.
 #[test]
 fn saved_weights_load_back_identically() {
@@ -148,8 +148,8 @@ fn saved_weights_load_back_identically() {
     let tc = serde_json::from_value(pretrain::text_config_json()).unwrap();
     let vc = serde_json::from_value(pretrain::vision_config_json()).unwrap();
     let mut clip = TrainableClip::load(&Weights::random(7, &dev), &tc, &vc, 32).unwrap();
-    let mut hp = HostParams::collect(&mut clip, AdamWConfig::default());
-    hp.round_to_f16();
+    let mut hp = ModelParams::collect(&mut clip, AdamWConfig::default());
+    round_to_f16(&mut hp.params);
     hp.install(&mut clip, false);
     let clip_dir = dir.join("clip");
     pretrain::write_clip(&clip_dir, &hp, &fixtures().join("tiny-clip")).unwrap();

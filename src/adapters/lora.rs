@@ -19,6 +19,26 @@ impl Gate {
     pub fn set(&self, weight: f32) {
         self.0.store(weight.to_bits(), Ordering::Relaxed)
     }
+
+    /// Switches the adapter off until the guard is dropped (also when a panic unwinds), then
+    /// restores its weight.
+    pub fn switched_off(&self) -> GateOff<'_> {
+        let weight = self.get();
+        self.set(0.0);
+        GateOff { gate: self, weight }
+    }
+}
+
+/// The adapter of a [`Gate`] switched off for a scope; see [`Gate::switched_off`].
+pub struct GateOff<'a> {
+    gate: &'a Gate,
+    weight: f32,
+}
+
+impl Drop for GateOff<'_> {
+    fn drop(&mut self) {
+        self.gate.set(self.weight)
+    }
 }
 
 /// One low-rank branch on one layer. `down` is `A` stored as `[in, rank]`, `up` is `B` stored as

@@ -1,21 +1,24 @@
 //! `catlora bench`: UNet speed and memory, or (`--train`) one training step of plain LoRA and of
 //! CAT, optionally next to PyTorch + diffusers (see `catlora::bench`).
 use anyhow::{Result, bail};
-use catlora::bench::{self, BenchCase, BenchOptions, TrainSettings};
+use catlora::bench::{self, BenchCase, BenchOptions, DEFAULT_ITERS, TrainSettings};
 use clap::Args;
 use std::path::PathBuf;
 
 /// Benchmark the UNet: forward, forward+backward and peak memory, each case in a fresh process.
 ///
 /// Cases: every --unet folder at its own sample size, and the SD 1.5 UNet with random weights at
-/// 256 px (--sd15; the default when no --unet is given). With --torch, the same cases also run
-/// in PyTorch + diffusers (bench/torch_unet.py, embedded) and the table compares the two; make
-/// that Python with `bash scripts/setup-bench.sh`. The table goes to stdout.
+/// 256 px (--sd15; the default when no --unet is given; --pixels for another size). With --torch,
+/// the same cases also run in PyTorch + diffusers (bench/torch_unet.py, embedded) and the table
+/// compares the two; make that Python with `bash scripts/setup-bench.sh`. The table goes to
+/// stdout, with the machine's load average: ratios measured while other processes used the CPU
+/// are withheld.
 ///
 /// With --train, the same cases time one whole training step instead (fixed inputs, LoRA rank 1
 /// on to_q/to_k/to_v/to_out.0, AdamW lr 1e-4): catlora's plain LoRA and CAT (lambda 1), and with
-/// --torch, peft's plain LoRA and the CAT authors' formulation (bench/torch_train.py: a second
-/// UNet copy, three forwards), with step time, peak memory and the ratios of the targets.
+/// --torch, peft's plain LoRA, the CAT authors' formulation (a second UNet copy) and CAT with the
+/// adapter switched off for the base pass (catlora's algorithm), with step time, peak memory and
+/// the target ratios.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Benchmark one training step (plain LoRA and CAT) instead of the bare UNet passes.
@@ -24,16 +27,21 @@ pub struct BenchArgs {
     /// A diffusers `unet` folder, or a pipeline folder (its `unet/` is used). Repeatable.
     #[arg(long, value_name = "DIR")]
     pub unet: Vec<PathBuf>,
-    /// Add the SD 1.5 UNet (random weights) at 256 px, batch 1, 77 tokens.
+    /// Add the SD 1.5 UNet (random weights), batch 1, 77 tokens.
     #[arg(long)]
     pub sd15: bool,
-    /// Timed iterations per phase (with --train: timed steps), after one warm-up [default: 10 for
-    /// --unet, 3 for --sd15].
-    #[arg(long, value_name = "N")]
-    pub iters: Option<usize>,
+    /// Image side of the SD 1.5 case, a multiple of 64.
+    #[arg(long, value_name = "PX", default_value_t = 256)]
+    pub pixels: usize,
+    /// Timed iterations per phase (with --train: timed steps), after one warm-up.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ITERS)]
+    pub iters: usize,
     /// Compute threads for both engines [default: every CPU this process may use].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// The device catlora's cases run on (`cpu`, `libtorch`, `libtorch-cuda[:N]`, `vulkan[:N]`).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: String,
     /// Python of a venv with torch and diffusers, for the comparison column.
     #[arg(long, value_name = "PYTHON")]
     pub torch: Option<PathBuf>,
@@ -44,26 +52,25 @@ pub struct BenchArgs {
     /// Internal: run one case (JSON) in this process and print its result line.
     #[arg(long = "case", hide = true, value_name = "JSON")]
     pub case: Option<String>,
-    /// Internal: run one training case (JSON) in this process and print its result line.
-    #[arg(long = "train-case", hide = true, value_name = "JSON")]
-    pub train_case: Option<String>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(json) = &a.case {
         return bench::child_main(json);
     }
-    if let Some(json) = &a.train_case {
-        return bench::train_child_main(json);
-    }
-    if a.iters == Some(0) {
+    if a.iters == 0 {
         bail!("--iters must be at least 1");
-    }
-    if let Some(dir) = &a.clip {
-        return clip_bench(dir);
     }
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
+    }
+    if a.pixels == 0 || a.pixels % 64 != 0 {
+        bail!("--pixels {}: give a positive multiple of 64", a.pixels);
+    }
+    // Refuse an unknown or unbuilt device here, not in every child.
+    catlora::device::parse(&a.device)?;
+    if let Some(dir) = &a.clip {
+        return clip_bench(dir, &a.device);
     }
     let mut cases = Vec::new();
     for dir in &a.unet {
@@ -72,7 +79,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if !unet_dir.join("config.json").is_file() {
             bail!("--unet {}: neither a diffusers unet folder nor a pipeline folder (no config.json)", dir.display());
         }
-        let mut case = BenchCase::fixture(&unet_dir, a.iters.unwrap_or(10))?;
+        let mut case = BenchCase::folder(&unet_dir, a.iters)?;
         // Name the case after the folder the user gave, so that several --unet stay apart.
         if let Some(name) = dir.canonicalize().ok().as_deref().and_then(|d| d.file_name()) {
             case.name = name.to_string_lossy().into_owned();
@@ -80,7 +87,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         cases.push(case);
     }
     if a.sd15 || a.unet.is_empty() {
-        cases.push(BenchCase::sd15_256(a.iters.unwrap_or(3)));
+        cases.push(BenchCase::sd15(a.pixels, a.iters));
+    }
+    for c in &mut cases {
+        c.device = a.device.clone();
     }
     let names: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     if names.len() != cases.len() {
@@ -93,24 +103,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
     {
         bail!("--torch {}: no such Python (make one with `bash scripts/setup-bench.sh`)", py.display());
     }
-    let opts = BenchOptions { cases, torch_python: a.torch, exe: None, threads: a.threads };
+    let opts = BenchOptions { cases, torch_python: a.torch, threads: a.threads };
     if a.train {
         bench::run_train_bench(&opts, &TrainSettings::default())?;
     } else {
-        bench::run_bench(&opts)?;
+        bench::run_unet_bench(&opts)?;
     }
     Ok(())
 }
 
 /// Images per second through CLIP's vision tower, batched as scoring does.
-fn clip_bench(dir: &std::path::Path) -> Result<()> {
-    use catlora::evaluation::{clip::ClipModel, throughput};
-    let device = catlora::device::parse("cpu")?;
+fn clip_bench(dir: &std::path::Path, device: &str) -> Result<()> {
+    use bench::clip::{embedding_throughput, random_vit_b32};
+    use catlora::evaluation::clip::ClipModel;
+    let device = catlora::device::parse(device)?;
     println!("{:<32} {:>6} {:>7} {:>10} {:>10}", "CLIP", "batch", "images", "seconds", "images/s");
     let mut fixture = ClipModel::load(dir, &device)?;
-    let mut vit = throughput::random_vit_b32(dir, &device)?;
+    let mut vit = random_vit_b32(dir, &device)?;
     for (name, clip, n) in [(dir.display().to_string(), &mut fixture, 256), ("ViT-B/32, random weights".to_string(), &mut vit, 32)] {
-        let t = throughput::embedding_throughput(clip, n, 16)?;
+        let t = embedding_throughput(clip, n, 16)?;
         println!("{name:<32} {:>6} {:>7} {:>10.2} {:>10.1}", t.batch, t.images, t.seconds, t.images_per_second());
     }
     Ok(())

@@ -5,4 +5,3 @@ pub mod eval;
 pub mod metrics;
 pub mod report;
 pub mod score;
-pub mod throughput;

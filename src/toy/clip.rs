@@ -1,7 +1,7 @@
 //! A trainable transformers `CLIPModel`: the crate's CLIP text and vision transformers, both
 //! projections and the learnable temperature, all visited by their transformers names so that
 //! the trained weights load back with `evaluation::clip::ClipModel::load`.
-use super::params::Visit;
+use crate::training::params::{Each, ParamSource, Slot};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModel};
 use crate::models::config::ClipTextConfig;
@@ -53,12 +53,18 @@ pub fn normalise(x: Tensor<2>) -> Tensor<2> {
     x.div(norm)
 }
 
-impl Visit for TrainableClip {
-    fn visit_params(&mut self, v: &mut dyn ParamVisitor) {
+impl TrainableClip {
+    fn visit(&mut self, v: &mut dyn ParamVisitor) {
         self.text.visit(v);
         self.text_projection.visit("text_projection", v);
         self.vision.visit("vision_model", v);
         self.visual_projection.visit("visual_projection", v);
         v.visit1("logit_scale", &mut self.logit_scale);
+    }
+}
+
+impl ParamSource for TrainableClip {
+    fn each_param(&mut self, f: &mut dyn FnMut(&str, Slot<'_>)) {
+        self.visit(&mut Each(f))
     }
 }

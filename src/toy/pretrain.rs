@@ -20,7 +20,7 @@
 //! to half precision before the next stage uses it, and saved in half precision, so later stages
 //! see exactly the weights that ship. Everything is a function of the seed.
 use super::clip::TrainableClip;
-use super::params::{HostParams, StepOptions, lr_at, write_safetensors};
+use super::params::{ModelParams, StepOptions, lr_at, round_to_f16, torch_tensors, write_safetensors};
 use super::world::{self, Background, CaptionStyle, Scene, World};
 use crate::evaluation::clip::{OPENAI_MEAN, OPENAI_STD};
 use crate::io::image::{RgbImage, rgb_to_tensor};
@@ -34,7 +34,8 @@ use crate::models::vae::Vae;
 use crate::models::weights::Weights;
 use crate::rng::Rng;
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
-use crate::training::adamw::{AdamW, AdamWConfig};
+use crate::training::adamw::AdamWConfig;
+use crate::training::params::Params;
 use anyhow::{Context, Result, bail};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -496,13 +497,13 @@ pub struct PretrainOptionsRecord {
 // The stages
 
 /// Trains the toy CLIP; returns it (half-precision-rounded) and its final loss.
-fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> Result<(TrainableClip, HostParams, f64)> {
+fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> Result<(TrainableClip, ModelParams, f64)> {
     let tc: ClipTextConfig = parse(text_config_json(), "text")?;
     let vc: ClipVisionConfig = parse(vision_config_json(), "vision")?;
     let w = Weights::random(opts.seed ^ 0xc11b, device);
     let mut clip = TrainableClip::load(&w, &tc, &vc, 32)?;
-    let mut hp = HostParams::collect(&mut clip, AdamWConfig { weight_decay: 0.05, ..Default::default() });
-    let scale_idx = hp.names.iter().position(|n| n == "logit_scale").expect("logit_scale is visited");
+    let mut hp = ModelParams::collect(&mut clip, AdamWConfig { weight_decay: 0.05, ..Default::default() });
+    let scale_idx = hp.params.names.iter().position(|n| n == "logit_scale").expect("logit_scale is visited");
     let mut world = World::new(opts.seed ^ 0xc11b_da7a);
     let mut rng = Rng::new(opts.seed ^ 0xc11b_5717);
     let s = opts.clip;
@@ -532,7 +533,7 @@ fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> R
         let t_rows = Tensor::<2>::from_data(TensorData::new(t_rows, [s.batch, s.batch]), device);
         let t_cols = Tensor::<2>::from_data(TensorData::new(t_cols, [s.batch, s.batch]), device);
 
-        hp.install(&mut clip, true);
+        let leaves = hp.install(&mut clip, true);
         let img = clip.image_embeddings(px)?;
         let txt = clip.text_embeddings(&ids);
         let scale = clip.logit_scale.clone().exp().reshape([1, 1]);
@@ -544,13 +545,12 @@ fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> R
         // Top-1 image-to-text accuracy of this batch (the best caption is a true one).
         let lg = host(logits.clone());
         let grads = loss.backward();
-        let g = hp.gradients(&mut clip, &grads)?;
-        let keep = hp.values[scale_idx][0];
+        let keep = hp.scalar(scale_idx);
         let lr = lr_at(step, s.steps, s.lr, s.steps / 20, 0.05);
-        hp.update(g, StepOptions { lr, clip_norm: Some(1.0) })?;
+        hp.update(&leaves, &grads, StepOptions { lr, clip_norm: Some(1.0) })?;
         // No weight decay on the temperature (undo it), and a logit scale of at most 100, as CLIP.
-        let undecayed = hp.values[scale_idx][0] + keep * (lr * hp.opt.config.weight_decay) as f32;
-        hp.values[scale_idx][0] = undecayed.min(100f32.ln());
+        let undecayed = hp.scalar(scale_idx) + keep * (lr * hp.opt.config.weight_decay) as f32;
+        hp.set_scalar(scale_idx, undecayed.min(100f32.ln()));
         last = lv;
         meter.add(step, lv, || {
             let acc = (0..s.batch)
@@ -561,19 +561,19 @@ fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> R
                 })
                 .count() as f64
                 / s.batch as f64;
-            format!("acc {acc:.2} scale {:.1}", hp.values[scale_idx][0].exp())
+            format!("acc {acc:.2} scale {:.1}", hp.scalar(scale_idx).exp())
         });
     }
-    hp.round_to_f16();
+    round_to_f16(&mut hp.params);
     hp.install(&mut clip, false);
     Ok((clip, hp, last))
 }
 
 /// Writes a `CLIPModel` folder: the weights of `hp` (a [`TrainableClip`]'s) in half precision,
 /// `config.json`, `preprocessor_config.json` and the tokenizer files copied from `tokenizer_from`.
-pub fn write_clip(dir: &Path, hp: &HostParams, tokenizer_from: &Path) -> Result<()> {
+pub fn write_clip(dir: &Path, hp: &ModelParams, tokenizer_from: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tensors = hp.torch_tensors(|n| Some(n.to_string()));
+    let mut tensors = torch_tensors(&hp.params, |n| Some(n.to_string()));
     // transformers stores the temperature as a 0-d tensor.
     if let Some(t) = tensors.get_mut("logit_scale") {
         t.shape = vec![];
@@ -585,10 +585,10 @@ pub fn write_clip(dir: &Path, hp: &HostParams, tokenizer_from: &Path) -> Result<
 }
 
 /// Trains the VAE; returns it (half-precision-rounded) and its final loss.
-fn train_vae(opts: &PretrainOptions, device: &Device) -> Result<(Vae, HostParams, f64)> {
+fn train_vae(opts: &PretrainOptions, device: &Device) -> Result<(Vae, ModelParams, f64)> {
     let cfg: VaeConfig = parse(vae_config_json(1.0), "VAE")?;
     let mut vae = Vae::load(&Weights::random(opts.seed ^ 0x0ae0, device), &cfg)?;
-    let mut hp = HostParams::collect(&mut vae, AdamWConfig::default());
+    let mut hp = ModelParams::collect(&mut vae, AdamWConfig::default());
     let mut world = World::new(opts.seed ^ 0x0ae0_da7a);
     let mut rng = Rng::new(opts.seed ^ 0x0ae0_5717);
     let s = opts.vae;
@@ -601,7 +601,7 @@ fn train_vae(opts: &PretrainOptions, device: &Device) -> Result<(Vae, HostParams
             (0..s.batch).map(|i| if i % 2 == 0 { world.sample().image } else { world::free_image(&mut rng) }).collect();
         let x = rgb_to_tensor(&imgs, device);
         let eps = rng.normal_tensor([s.batch, cfg.latent_channels, lat, lat], device);
-        hp.install(&mut vae, true);
+        let leaves = hp.install(&mut vae, true);
         let (mean, logvar) = vae.encode(x.clone());
         let z = mean.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
         let rec = vae.decode(z);
@@ -612,12 +612,11 @@ fn train_vae(opts: &PretrainOptions, device: &Device) -> Result<(Vae, HostParams
         let loss = mse.clone() + l1 + kl.mul_scalar(opts.vae_kl as f32);
         let lv = scalar(mse);
         let grads = loss.backward();
-        let g = hp.gradients(&mut vae, &grads)?;
-        hp.update(g, StepOptions { lr: lr_at(step, s.steps, s.lr, s.steps / 20, 0.05), clip_norm: Some(1.0) })?;
+        hp.update(&leaves, &grads, StepOptions { lr: lr_at(step, s.steps, s.lr, s.steps / 20, 0.05), clip_norm: Some(1.0) })?;
         last = lv;
         meter.add(step, lv, String::new);
     }
-    hp.round_to_f16();
+    round_to_f16(&mut hp.params);
     hp.install(&mut vae, false);
     Ok((vae, hp, last))
 }
@@ -674,11 +673,11 @@ fn train_unet(
     scaling: f32,
     contexts: &HashMap<String, Vec<f32>>,
     device: &Device,
-) -> Result<(UNet, HostParams, f64)> {
+) -> Result<(UNet, ModelParams, f64)> {
     let cfg: UNetConfig = parse(unet_config_json(), "UNet")?;
     let mut unet = UNet::load(&Weights::random(opts.seed ^ 0x0e7, device), &cfg)?;
-    let mut hp = HostParams::collect(&mut unet, AdamWConfig::default());
-    let mut ema = hp.values.clone();
+    let mut hp = ModelParams::collect(&mut unet, AdamWConfig::default());
+    let mut ema = hp.params.values.clone();
     let sched: SchedulerConfig = serde_json::from_str(SCHEDULER_CONFIG)?;
     let noise = NoiseSchedule::new(&sched);
     let mut rng = Rng::new(opts.seed ^ 0x0e7_5717);
@@ -714,39 +713,36 @@ fn train_unet(
         let w = Tensor::<1>::from_data(TensorData::new(w, [s.batch]), device);
         let ts: Vec<f64> = t.iter().map(|&t| t as f64).collect();
 
-        hp.install(&mut unet, true);
+        let leaves = hp.install(&mut unet, true);
         let pred = unet.forward(zt, &ts, &ctx);
         let per_sample = (pred - eps).square().reshape([s.batch as i32, -1]).mean_dim(1).reshape([s.batch]);
         let loss = (per_sample * w).mean();
         let lv = scalar(loss.clone());
         let grads = loss.backward();
-        let g = hp.gradients(&mut unet, &grads)?;
-        hp.update(g, StepOptions { lr: lr_at(step, s.steps, s.lr, s.steps / 20, 0.05), clip_norm: Some(1.0) })?;
+        hp.update(&leaves, &grads, StepOptions { lr: lr_at(step, s.steps, s.lr, s.steps / 20, 0.05), clip_norm: Some(1.0) })?;
         let d = opts.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32;
-        for (e, v) in ema.iter_mut().zip(&hp.values) {
-            for (a, b) in e.iter_mut().zip(v) {
-                *a = d * *a + (1.0 - d) * b;
-            }
+        for (e, v) in ema.iter_mut().zip(&hp.params.values) {
+            *e = e.clone().mul_scalar(d) + v.clone().mul_scalar(1.0 - d);
         }
         last = lv;
         meter.add(step, lv, String::new);
         if opts.snapshot_every > 0 && (step + 1) % opts.snapshot_every == 0 && step + 1 < s.steps {
             let dir = out_dir.join(format!("snapshots/unet-{}", step + 1));
             std::fs::create_dir_all(&dir)?;
-            let mut snap = HostParams { names: hp.names.clone(), shapes: hp.shapes.clone(), values: ema.clone(), opt: AdamW::new(hp.opt.config, &[]) };
-            snap.round_to_f16();
+            let mut snap = Params { names: hp.params.names.clone(), shapes: hp.params.shapes.clone(), values: ema.clone() };
+            round_to_f16(&mut snap);
             write_unet(&dir, &snap)?;
         }
     }
-    hp.values = ema;
-    hp.round_to_f16();
+    hp.params.values = ema;
+    round_to_f16(&mut hp.params);
     hp.install(&mut unet, false);
     Ok((unet, hp, last))
 }
 
-fn write_unet(dir: &Path, hp: &HostParams) -> Result<()> {
+fn write_unet(dir: &Path, params: &Params) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &hp.torch_tensors(|n| Some(n.to_string())), StoreAs::F16)?;
+    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &torch_tensors(params, |n| Some(n.to_string())), StoreAs::F16)?;
     write_json(&dir.join("config.json"), &unet_config_json())
 }
 
@@ -790,7 +786,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
             let vc: ClipVisionConfig = parse(vision_config_json(), "vision")?;
             let w = Weights::open_dir(&from.join("clip"), "model", &device)?;
             let mut clip = TrainableClip::load(&w, &tc, &vc, 32)?;
-            let hp = HostParams::collect(&mut clip, AdamWConfig::default());
+            let hp = ModelParams::collect(&mut clip, AdamWConfig::default());
             if from.join("clip") != clip_dir {
                 copy_dir(&from.join("clip"), &clip_dir)?;
             }
@@ -811,7 +807,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     // `CLIPTextModel.save_pretrained` writes it).
     let te_dir = sd_dir.join("text_encoder");
     std::fs::create_dir_all(&te_dir)?;
-    let te_tensors = clip_hp.torch_tensors(|n| n.strip_prefix("text_model.").map(str::to_string));
+    let te_tensors = torch_tensors(&clip_hp.params, |n| n.strip_prefix("text_model.").map(str::to_string));
     report.parameters.insert("text_encoder".into(), te_tensors.values().map(|t| t.data.len()).sum());
     write_safetensors(&te_dir.join("model.safetensors"), &te_tensors, StoreAs::F16)?;
     write_json(&te_dir.join("config.json"), &text_config_json())?;
@@ -825,7 +821,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
         Some(from) => {
             let cfg: VaeConfig = parse(vae_config_json(1.0), "VAE")?;
             let mut vae = Vae::load(&Weights::open_dir(&from.join("sd/vae"), "diffusion_pytorch_model", &device)?, &cfg)?;
-            let hp = HostParams::collect(&mut vae, AdamWConfig::default());
+            let hp = ModelParams::collect(&mut vae, AdamWConfig::default());
             report.reused.push("vae".into());
             (vae, hp)
         }
@@ -850,7 +846,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     report.vae_scaling_factor = scaling;
     let vae_dir = sd_dir.join("vae");
     std::fs::create_dir_all(&vae_dir)?;
-    write_safetensors(&vae_dir.join("diffusion_pytorch_model.safetensors"), &vae_hp.torch_tensors(|n| Some(n.to_string())), StoreAs::F16)?;
+    write_safetensors(&vae_dir.join("diffusion_pytorch_model.safetensors"), &torch_tensors(&vae_hp.params, |n| Some(n.to_string())), StoreAs::F16)?;
     write_json(&vae_dir.join("config.json"), &vae_config_json(scaling))?;
     let check = |imgs: Vec<RgbImage>| reconstruction_mae(&vae, &imgs, &device);
     report.vae_reconstruction_mae.insert("world".into(), check(World::new(opts.seed ^ 0x7e57).samples(32).into_iter().map(|s| s.image).collect()));
@@ -875,7 +871,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     let (_unet, unet_hp, unet_loss) = train_unet(opts, out_dir, &scenes, &means, &logvars, scaling as f32, &contexts, &device)?;
     report.final_loss.insert("unet".into(), unet_loss);
     report.parameters.insert("unet".into(), unet_hp.count());
-    write_unet(&sd_dir.join("unet"), &unet_hp)?;
+    write_unet(&sd_dir.join("unet"), &unet_hp.params)?;
     report.seconds.insert("unet".into(), t.elapsed().as_secs_f64());
 
     // 5. The pipeline folder.

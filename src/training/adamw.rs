@@ -1,6 +1,7 @@
-//! AdamW on host-side f32 parameters, step for step as `torch.optim.AdamW` computes it. The
-//! adapter's parameters are small, so keeping the master copy and the moments on the host costs
-//! nothing measurable and makes checkpoints and resumption exact.
+//! AdamW on device tensors, step for step as `torch.optim.AdamW` computes it in f32: each
+//! element goes through the same rounded operations as PyTorch's (and an element-wise host loop's)
+//! `foreach` path, so the moments saved in a checkpoint continue to the same bytes.
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,26 +19,23 @@ impl Default for AdamWConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// The optimiser's state: the step count and the two moments of every parameter (flat).
+#[derive(Clone, Debug)]
 pub struct AdamW {
     pub config: AdamWConfig,
     pub step: u64,
-    pub exp_avg: Vec<Vec<f32>>,
-    pub exp_avg_sq: Vec<Vec<f32>>,
+    pub exp_avg: Vec<Tensor<1>>,
+    pub exp_avg_sq: Vec<Tensor<1>>,
 }
 
 impl AdamW {
-    pub fn new(config: AdamWConfig, sizes: &[usize]) -> Self {
-        Self {
-            config,
-            step: 0,
-            exp_avg: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-            exp_avg_sq: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-        }
+    /// Zero moments shaped like `zeros` (one flat tensor per parameter).
+    pub fn new(config: AdamWConfig, zeros: Vec<Tensor<1>>) -> Self {
+        Self { config, step: 0, exp_avg: zeros.clone(), exp_avg_sq: zeros }
     }
 
     /// One update of every parameter with its gradient at learning rate `lr`.
-    pub fn update(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], lr: f64) {
+    pub fn update(&mut self, params: &mut [Tensor<1>], grads: &[Tensor<1>], lr: f64) {
         self.step += 1;
         let c = self.config;
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
@@ -47,14 +45,12 @@ impl AdamW {
         let decay = (1.0 - lr * c.weight_decay) as f32;
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         for (k, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let (m, v) = (&mut self.exp_avg[k], &mut self.exp_avg_sq[k]);
-            for i in 0..p.len() {
-                p[i] *= decay;
-                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                let denom = v[i].sqrt() / bias2_sqrt + eps;
-                p[i] -= step_size * m[i] / denom;
-            }
+            let m = self.exp_avg[k].clone().mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
+            let v = self.exp_avg_sq[k].clone().mul_scalar(b2) + g.clone().mul_scalar(1.0 - b2) * g.clone();
+            let denom = v.clone().sqrt().div_scalar(bias2_sqrt).add_scalar(eps);
+            *p = p.clone().mul_scalar(decay) - m.clone().mul_scalar(step_size) / denom;
+            self.exp_avg[k] = m;
+            self.exp_avg_sq[k] = v;
         }
     }
 }
@@ -62,33 +58,70 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn t(v: &[f32]) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Device::flex())
+    }
+    fn host(t: &Tensor<1>) -> Vec<f32> {
+        crate::training::params::host(t)
+    }
 
     #[test]
     fn first_step_moves_each_weight_by_lr() {
         // With bias correction, Adam's first step is lr * sign(g) (up to eps), plus decay.
-        let mut opt = AdamW::new(AdamWConfig::default(), &[3]);
-        let mut p = vec![vec![1.0f32, -2.0, 0.5]];
-        opt.update(&mut p, &[vec![0.3, -4.0, 0.0]], 0.1);
+        let mut opt = AdamW::new(AdamWConfig::default(), vec![t(&[0.0; 3])]);
+        let mut p = vec![t(&[1.0, -2.0, 0.5])];
+        opt.update(&mut p, &[t(&[0.3, -4.0, 0.0])], 0.1);
+        let p = host(&p[0]);
         let d = 1.0 - 0.1 * 0.01;
-        assert!((p[0][0] - (1.0 * d - 0.1)).abs() < 1e-6);
-        assert!((p[0][1] - (-2.0 * d + 0.1)).abs() < 1e-6);
-        assert!((p[0][2] - 0.5 * d).abs() < 1e-7);
+        assert!((p[0] - (1.0 * d - 0.1)).abs() < 1e-6);
+        assert!((p[1] - (-2.0 * d + 0.1)).abs() < 1e-6);
+        assert!((p[2] - 0.5 * d).abs() < 1e-7);
     }
 
     #[test]
     fn matches_pytorch_two_steps() {
         // torch.optim.AdamW([p], lr=1e-2, weight_decay=1e-2) on p = [1.0], grads 0.5 then -0.25:
         // p after step 1 = 0.9899, after step 2 = 0.98397..., from the update rule written out.
-        let mut opt = AdamW::new(AdamWConfig::default(), &[1]);
-        let mut p = vec![vec![1.0f32]];
-        opt.update(&mut p, &[vec![0.5]], 1e-2);
-        assert!((p[0][0] - 0.9899).abs() < 1e-6, "{}", p[0][0]);
-        opt.update(&mut p, &[vec![-0.25]], 1e-2);
+        let mut opt = AdamW::new(AdamWConfig::default(), vec![t(&[0.0])]);
+        let mut p = vec![t(&[1.0])];
+        opt.update(&mut p, &[t(&[0.5])], 1e-2);
+        assert!((host(&p[0])[0] - 0.9899).abs() < 1e-6, "{:?}", host(&p[0]));
+        opt.update(&mut p, &[t(&[-0.25])], 1e-2);
         // m = 0.9*0.05 - 0.025 = 0.02, v = 0.999*0.00025 + 0.001*0.0625 = 0.00031225
         // step = 1e-2/0.19 * 0.02 / (sqrt(0.00031225)/sqrt(0.001999) + 1e-8)
         let m = 0.02f64;
         let v = 0.999f64 * 0.00025 + 0.001 * 0.0625;
         let expected = 0.9899f64 * (1.0 - 1e-4) - 1e-2 / (1.0 - 0.81) * m / (v.sqrt() / (1.0f64 - 0.998001).sqrt() + 1e-8);
-        assert!((p[0][0] as f64 - expected).abs() < 1e-6, "{} vs {expected}", p[0][0]);
+        let got = host(&p[0])[0] as f64;
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+
+    /// The device update is the element-wise f32 recurrence, bit for bit (what resuming from a
+    /// checkpoint relies on when the moments come back from the host).
+    #[test]
+    fn device_update_equals_the_elementwise_recurrence() {
+        let g: Vec<f32> = (0..64).map(|i| ((i as f32) * 0.37).sin() * 1e-3).collect();
+        let p0: Vec<f32> = (0..64).map(|i| ((i as f32) * 0.11).cos()).collect();
+        let mut opt = AdamW::new(AdamWConfig::default(), vec![t(&[0.0; 64])]);
+        let mut p = vec![t(&p0)];
+        let (mut hp, mut m, mut v) = (p0.clone(), vec![0f32; 64], vec![0f32; 64]);
+        for step in 1..=3 {
+            opt.update(&mut p, &[t(&g)], 1e-4);
+            let c = AdamWConfig::default();
+            let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+            let step_size = (1e-4 / (1.0 - c.beta1.powi(step))) as f32;
+            let b2s = (1.0 - c.beta2.powi(step)).sqrt() as f32;
+            let decay = (1.0 - 1e-4 * c.weight_decay) as f32;
+            for i in 0..64 {
+                m[i] = m[i] * b1 + g[i] * (1.0 - b1);
+                v[i] = v[i] * b2 + g[i] * (1.0 - b2) * g[i];
+                hp[i] = hp[i] * decay - m[i] * step_size / (v[i].sqrt() / b2s + eps);
+            }
+        }
+        assert_eq!(host(&p[0]), hp);
+        assert_eq!(host(&opt.exp_avg[0]), m);
+        assert_eq!(host(&opt.exp_avg_sq[0]), v);
     }
 }

@@ -3,6 +3,7 @@
 //! checkpoint whole and `--resume` continues to the same bytes an uninterrupted run gives.
 use super::adamw::AdamW;
 use super::objective::LossTerms;
+use super::params::{Params, host};
 use crate::io::safetensors::{self, OwnedTensor, SafeTensorsFile};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -34,17 +35,18 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
-pub fn save(dir: &Path, state: &State, names: &[String], shapes: &[[usize; 2]], values: &[Vec<f32>], opt: &AdamW) -> Result<()> {
+/// Writes the parameters and the optimiser's moments (copied from the device) with `state`.
+pub fn save(dir: &Path, state: &State, params: &Params, opt: &AdamW) -> Result<()> {
     let mut t = BTreeMap::new();
-    for (k, name) in names.iter().enumerate() {
-        let shape = shapes[k].to_vec();
-        t.insert(format!("param.{name}"), OwnedTensor { shape: shape.clone(), data: values[k].clone() });
-        t.insert(format!("exp_avg.{name}"), OwnedTensor { shape: shape.clone(), data: opt.exp_avg[k].clone() });
-        t.insert(format!("exp_avg_sq.{name}"), OwnedTensor { shape, data: opt.exp_avg_sq[k].clone() });
+    for (k, name) in params.names.iter().enumerate() {
+        let shape = params.shapes[k].clone();
+        t.insert(format!("param.{name}"), OwnedTensor { shape: shape.clone(), data: host(&params.values[k]) });
+        t.insert(format!("exp_avg.{name}"), OwnedTensor { shape: shape.clone(), data: host(&opt.exp_avg[k]) });
+        t.insert(format!("exp_avg_sq.{name}"), OwnedTensor { shape, data: host(&opt.exp_avg_sq[k]) });
     }
     let mut md = BTreeMap::new();
     md.insert("catlora_checkpoint".to_string(), serde_json::to_string(state)?);
-    md.insert("catlora_names".to_string(), serde_json::to_string(names)?);
+    md.insert("catlora_names".to_string(), serde_json::to_string(&params.names)?);
     safetensors::write(&path(dir), &t, &md)
 }
 

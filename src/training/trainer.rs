@@ -5,7 +5,8 @@ use super::adamw::{AdamW, AdamWConfig};
 use super::checkpoint::{self, State};
 use super::config::{FileFormat, Method, TrainConfig};
 use super::data::{Dataset, LatentDist, encode_latents};
-use super::objective::{Cond, LossTerms, PriorTerm, StepInputs, Trainable, cat_gradients};
+use super::objective::{Cond, LossTerms, PriorTerm, StepInputs, cat_gradients};
+use super::params::{AdapterParams, Params, add_scaled, clip_to_norm, global_norm, to_device};
 use super::schedule::learning_rate;
 use crate::adapters::lora::{LoraConfig, attach_new, to_file};
 use crate::adapters::lora_file::{self, Format};
@@ -178,9 +179,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     let mut rng = Rng::new(cfg.seed);
     let lora = LoraConfig { rank: cfg.rank, alpha: cfg.alpha, unet_targets: cfg.targets.clone(), text_encoder_targets: cfg.text_encoder_targets.clone() };
     let adapter = attach_new(&mut sd.targets(), &lora, &mut rng)?;
-    let mut trainable = Trainable::from_adapter(&mut sd.targets(), &adapter);
+    let mut params = Params::collect(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter });
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
-    let mut opt = AdamW::new(adam, &trainable.sizes());
+    let mut opt = AdamW::new(adam, params.zeros());
     let config_json = serde_json::to_value(cfg)?;
     // A resumed run may train longer, or save and sample on another rhythm; everything that
     // changes the numbers of the steps already taken must match.
@@ -203,12 +204,13 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
         if ck.state.step > cfg.steps {
             bail!("{}: the checkpoint is at step {}, past --steps {}", dir.display(), ck.state.step, cfg.steps);
         }
-        if ck.names != trainable.names {
+        if ck.names != params.names {
             bail!("{}: the checkpoint's parameters do not match this adapter", dir.display());
         }
-        trainable.values = ck.values;
-        opt.exp_avg = ck.exp_avg;
-        opt.exp_avg_sq = ck.exp_avg_sq;
+        let what = dir.display().to_string();
+        params.set_host(ck.values, &what)?;
+        opt.exp_avg = to_device(ck.exp_avg, &params.names, &params.sizes(), &device, &what)?;
+        opt.exp_avg_sq = to_device(ck.exp_avg_sq, &params.names, &params.sizes(), &device, &what)?;
         opt.step = ck.state.adam_step;
         rng = Rng::from_state(ck.state.rng);
         start = ck.state.step;
@@ -224,7 +226,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     progress.start(start, cfg.steps);
     for step in start..cfg.steps {
         let lr = learning_rate(cfg.lr, cfg.schedule, cfg.warmup_steps, step, cfg.steps);
-        let mut grads: Vec<Vec<f32>> = trainable.values.iter().map(|v| vec![0.0; v.len()]).collect();
+        let mut grads = params.zeros();
         let mut terms = LossTerms::default();
         for micro in 0..cfg.grad_accum {
             let idx: Vec<usize> = (0..cfg.batch)
@@ -271,7 +273,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
                 Some((zt, t, target, cond))
             };
 
-            let leaves = trainable.install(&mut sd.targets(), &device, true);
+            let leaves = params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, true);
             let captions: Vec<&str> = idx.iter().map(|&i| data.examples[i].caption.as_str()).collect();
             let plains: Vec<&str> = idx.iter().map(|&i| data.examples[i].plain_caption.as_str()).collect();
             let cached = |plain: bool| -> Tensor<3> { Tensor::cat(idx.iter().map(|&i| if plain { data.cond[i].1.clone() } else { data.cond[i].0.clone() }).collect(), 0) };
@@ -294,14 +296,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
                     weight: cfg.prior_weight,
                 }),
             };
-            let (tm, g) = cat_gradients(&sd.unet, &adapter.gate, &leaves, &trainable.names, &inputs, lambda)
+            let (tm, g) = cat_gradients(&sd.unet, &adapter.gate, &params, &leaves, &inputs, lambda)
                 .with_context(|| format!("step {}: training stopped; the last good checkpoint stays in {}", step + 1, paths.checkpoint.display()))?;
-            let k = 1.0 / cfg.grad_accum as f32;
-            for (acc, g) in grads.iter_mut().zip(g) {
-                for (a, v) in acc.iter_mut().zip(g) {
-                    *a += v * k;
-                }
-            }
+            add_scaled(&mut grads, g, 1.0 / cfg.grad_accum as f32);
             let kf = 1.0 / cfg.grad_accum as f64;
             terms.diffusion += tm.diffusion * kf;
             terms.cat += tm.cat * kf;
@@ -309,13 +306,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
             terms.total += tm.total * kf;
         }
         if cfg.max_grad_norm > 0.0 {
-            let norm = grads.iter().flatten().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
-            if norm > cfg.max_grad_norm {
-                let s = (cfg.max_grad_norm / (norm + 1e-6)) as f32;
-                grads.iter_mut().flatten().for_each(|g| *g *= s);
-            }
+            clip_to_norm(&mut grads, global_norm(&grads), cfg.max_grad_norm);
         }
-        opt.update(&mut trainable.values, &grads, lr);
+        opt.update(&mut params.values, &grads, lr);
         last = terms;
         let line = serde_json::json!({"step": step + 1, "lr": lr, "loss": terms.total, "diffusion": terms.diffusion, "cat": terms.cat, "prior": terms.prior});
         writeln!(log, "{line}").with_context(|| format!("cannot write {}", paths.log.display()))?;
@@ -324,16 +317,16 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
         let done = step + 1;
         if cfg.save_every > 0 && done % cfg.save_every == 0 && done < cfg.steps {
             let state = State { step: done, rng: rng.state(), adam_step: opt.step, config: config_json.clone(), last };
-            checkpoint::save(&paths.checkpoint, &state, &trainable.names, &trainable.shapes, &trainable.values, &opt)?;
+            checkpoint::save(&paths.checkpoint, &state, &params, &opt)?;
         }
         if cfg.sample_every > 0 && done % cfg.sample_every == 0 {
-            trainable.install(&mut sd.targets(), &device, false);
+            params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
             write_samples(&sd, cfg, &paths, done)?;
         }
     }
     log.flush()?;
 
-    trainable.install(&mut sd.targets(), &device, false);
+    params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
     let mut metadata = BTreeMap::new();
     let triggers: Vec<&str> = cfg.concepts.iter().map(|c| c.trigger.as_str()).collect();
     metadata.insert("catlora_method".into(), cfg.method.name().into());

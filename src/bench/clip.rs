@@ -1,6 +1,6 @@
 //! How fast images are embedded for scoring: images per second through the CLIP vision tower
 //! and projection, batched as `score` and `eval` batch them.
-use super::clip::{ClipModel, ClipModelConfig, ClipPreprocess};
+use crate::evaluation::clip::{ClipModel, ClipModelConfig, ClipPreprocess};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::weights::Weights;
 use anyhow::Result;
