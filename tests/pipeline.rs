@@ -1,12 +1,14 @@
-//! Ten-step pipelines from the reference initial latents, for every sampler diffusers ran, with
-//! and without the fixture LoRA.
+//! Ten-step pipelines from the reference initial latents, for every sampler and both prediction
+//! types, with and without the fixture LoRA.
 mod common;
 use catlora::adapters::lora::attach_file;
 use catlora::adapters::lora_file;
 use catlora::io::image::{tensor_to_rgb8, tensor_to_unit_hwc};
 use catlora::pipeline::model::StableDiffusion;
-use catlora::pipeline::txt2img::{GenerateParams, generate, read_latents};
-use catlora::schedulers::SamplerKind;
+use catlora::io::safetensors::SafeTensorsFile;
+use catlora::pipeline::txt2img::{GenerateParams, generate, generate_with_noise, read_latents};
+use catlora::schedulers::{SamplerKind, StepNoise};
+use burn::tensor::{Tensor, TensorData};
 use common::*;
 
 fn params(sampler: SamplerKind) -> GenerateParams {
@@ -26,31 +28,59 @@ fn png_pixels(name: &str) -> Vec<u8> {
     img.into_raw()
 }
 
-fn check(sd: &StableDiffusion, sampler: SamplerKind, name: &str, png: &str) {
+/// The per-step noise diffusers drew for Euler ancestral, replayed in order.
+struct Recorded(Vec<Tensor<4>>);
+
+impl StepNoise for Recorded {
+    fn draw(&mut self, dims: [usize; 4], _device: &burn::tensor::Device) -> Tensor<4> {
+        let t = self.0.remove(0);
+        assert_eq!(t.dims(), dims);
+        t
+    }
+}
+
+/// Compares the image of `sampler` from the fixture's initial latents with the float reference
+/// `reference_tensor` (1e-3 mean abs) and its PNG `png` (1/255).
+fn check_image(sd: &StableDiffusion, sampler: SamplerKind, latents_file: &str, refs: &SafeTensorsFile, reference_tensor: &str, png: &str) {
     let p = params(sampler);
-    let latents = read_latents(sd, &fixtures().join("init-latents.safetensors"), &p).unwrap();
-    let images = generate(sd, &p, latents, |_, _| {}).unwrap();
+    let latents = read_latents(sd, &fixtures().join(latents_file), &p).unwrap();
+    let images = if sampler == SamplerKind::EulerAncestral {
+        // [10, 1, 4, h, w]: one unit-variance draw per step.
+        let (shape, v) = refs.f32("euler_a_noise").unwrap();
+        let per = v.len() / shape[0];
+        let dims = [shape[1], shape[2], shape[3], shape[4]];
+        let noise = v.chunks(per).map(|c| Tensor::from_data(TensorData::new(c.to_vec(), dims), &device())).collect();
+        generate_with_noise(sd, &p, latents, &mut Recorded(noise), |_, _| {}).unwrap()
+    } else {
+        generate(sd, &p, latents, |_, _| {}).unwrap()
+    };
     let got = tensor_to_unit_hwc(images.clone());
-    let (_, want) = reference().f32(name).unwrap();
+    let (_, want) = refs.f32(reference_tensor).unwrap();
     let e = mean_abs_err(&got, &want);
-    eprintln!("{name}: mean abs error {e:e}");
-    assert!(e <= 1e-3, "{name}: mean abs pixel error {e:e} exceeds 1e-3");
+    eprintln!("{png}: mean abs error {e:e}");
+    assert!(e <= 1e-3, "{png}: mean abs pixel error {e:e} exceeds 1e-3");
     let rgb = &tensor_to_rgb8(images)[0];
     let want_png = png_pixels(png);
     let e8 = rgb.iter().zip(&want_png).map(|(a, b)| (*a as f32 - *b as f32).abs()).sum::<f32>() / rgb.len() as f32 / 255.0;
     assert!(e8 <= 1.0 / 255.0, "{png}: mean abs error {e8} exceeds 1/255");
 }
 
+/// Every sampler on both prediction types: the epsilon fixture (SD 1.x's PNDM scheduler config)
+/// and the SD 2.x-style v-prediction one (DDIM config, `leading` spacing, linear projections,
+/// per-level heads, upcast attention, a gelu text encoder), against diffusers loading the same
+/// folders from disk.
 #[test]
-fn four_samplers_match_diffusers() {
-    let sd = StableDiffusion::load(&fixtures().join("tiny-sd"), &device()).unwrap();
-    for (kind, name, png) in [
-        (SamplerKind::Ddim, "pipe_ddim_image", "ddim_image.png"),
-        (SamplerKind::Euler, "pipe_euler_image", "euler_image.png"),
-        (SamplerKind::DpmPp2m, "pipe_dpmpp_2m_image", "dpmpp_2m_image.png"),
-        (SamplerKind::DpmPp2mKarras, "pipe_dpmpp_2m_karras_image", "dpmpp_2m_karras_image.png"),
+fn every_sampler_on_both_prediction_types_matches_diffusers() {
+    for (model, refs, latents, prefix) in [
+        ("tiny-sd", "eps-samplers.safetensors", "init-latents.safetensors", "eps"),
+        ("tiny-sd2-v", "vpred-reference.safetensors", "vpred-init-latents.safetensors", "vpred"),
     ] {
-        check(&sd, kind, name, png);
+        let sd = StableDiffusion::load(&fixtures().join(model), &device()).unwrap();
+        let refs = SafeTensorsFile::open(&fixtures().join(refs)).unwrap();
+        for kind in SamplerKind::ALL {
+            let name = kind.name().replace('-', "_");
+            check_image(&sd, kind, latents, &refs, &format!("pipe_{name}_image"), &format!("{prefix}_{name}_image.png"));
+        }
     }
 }
 
@@ -60,10 +90,10 @@ fn ddim_with_lora_matches_diffusers() {
     let known = sd.targets().known_modules();
     let file = lora_file::read(&fixtures().join("lora-kohya/lora.safetensors"), &known).unwrap();
     let adapter = attach_file(&mut sd.targets(), &file, 1.0, "lora").unwrap();
-    check(&sd, SamplerKind::Ddim, "pipe_ddim_lora_image", "ddim_lora_image.png");
+    check_image(&sd, SamplerKind::Ddim, "init-latents.safetensors", &reference(), "pipe_ddim_lora_image", "ddim_lora_image.png");
     // Switched off, the same model gives the base image again.
     adapter.gate.set(0.0);
-    check(&sd, SamplerKind::Ddim, "pipe_ddim_image", "ddim_image.png");
+    check_image(&sd, SamplerKind::Ddim, "init-latents.safetensors", &reference(), "pipe_ddim_image", "ddim_image.png");
 }
 
 #[test]

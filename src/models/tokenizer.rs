@@ -58,18 +58,23 @@ impl ClipTokenizer {
         let config = if config_path.exists() { Some(read_json(&config_path)?) } else { None };
         let json_path = dir.join("tokenizer.json");
         let merges_path = if json_path.exists() { json_path.clone() } else { dir.join("merges.txt") };
+        let special = |key: &str| config.as_ref().and_then(|c| token_content(c.get(key)?));
         let (vocab, merges, added, json_pad) = if json_path.exists() {
             load_tokenizer_json(&json_path)?
         } else {
             let vocab_path = dir.join("vocab.json");
             let vocab = parse_vocab(&read_json(&vocab_path)?, &vocab_path)?;
             let merges = load_merges_txt(&merges_path)?;
-            // The slow tokenizer splits its special tokens out of the text too.
-            let added = [BOS, EOS].iter().filter(|t| vocab.contains_key(**t)).map(|t| t.to_string()).collect();
+            // The slow tokenizer splits all its special tokens out of the text, the configured
+            // ones included (SD 2.x pads with "!", so "background!" ends in the pad id).
+            let mut added: Vec<String> = [BOS, EOS].iter().map(|t| t.to_string()).collect();
+            added.extend(["bos_token", "eos_token", "unk_token", "pad_token"].iter().filter_map(|k| special(k)));
+            added.sort();
+            added.dedup();
+            added.retain(|t| vocab.contains_key(t));
             (vocab, merges, added, None)
         };
 
-        let special = |key: &str| config.as_ref().and_then(|c| token_content(c.get(key)?));
         let id_of = |token: Option<String>, default: &str, fallback: u32| {
             token.as_deref().and_then(|t| vocab.get(t)).or_else(|| vocab.get(default)).copied().unwrap_or(fallback)
         };
@@ -384,6 +389,21 @@ mod tests {
         let fast = sd_tokenizer();
         let text = "Don't  PANIC: 123 cafés <|endoftext|> ok!?";
         assert_eq!(tok.encode(text), fast.encode(text));
+    }
+
+    /// SD 2.x's tokenizer folder (vocab.json + merges.txt, pad token "!"): transformers splits
+    /// the pad token out of the text, so "background!" ends in id 0, not the "!" merge 256.
+    #[test]
+    fn sd2_pad_token_is_split_out_as_transformers_does() {
+        let tok = ClipTokenizer::from_dir(&fixtures().join("tiny-sd2-v/tokenizer")).unwrap();
+        assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (49406, 49407, 0));
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("vpred-reference.json")).unwrap()).unwrap();
+        let file = SafeTensorsFile::open(&fixtures().join("vpred-reference.safetensors")).unwrap();
+        let (_, ids) = file.i64("prompt_ids").unwrap();
+        for (prompt, want) in json["prompts"].as_array().unwrap().iter().zip(ids.chunks(77)) {
+            let want: Vec<u32> = want.iter().map(|&x| x as u32).collect();
+            assert_eq!(tok.encode_padded(prompt.as_str().unwrap(), 77), want, "prompt {prompt}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! latents file), and the chosen sampler walks it down to an image.
 use super::model::StableDiffusion;
 use crate::rng::Rng;
-use crate::schedulers::{self, SamplerKind};
+use crate::schedulers::{self, SamplerKind, StepNoise};
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Tensor, TensorData};
 use std::path::Path;
@@ -65,7 +65,19 @@ pub fn read_latents(sd: &StableDiffusion, path: &Path, p: &GenerateParams) -> Re
 
 /// Denoises unit-variance `latents` `[N, ...]` with the prompt and decodes them: images
 /// `[N, 3, H, W]` in [-1, 1]. `progress` is called after each step with (done, total).
-pub fn generate(sd: &StableDiffusion, p: &GenerateParams, latents: Tensor<4>, mut progress: impl FnMut(usize, usize)) -> Result<Tensor<4>> {
+/// Ancestral samplers draw fresh noise each step from a generator tied to the seed.
+pub fn generate(sd: &StableDiffusion, p: &GenerateParams, latents: Tensor<4>, progress: impl FnMut(usize, usize)) -> Result<Tensor<4>> {
+    generate_with_noise(sd, p, latents, &mut Rng::new(p.seed ^ 0x5eed_a5ce_0001), progress)
+}
+
+/// [`generate`] with the ancestral samplers' per-step noise drawn from `noise`.
+pub fn generate_with_noise(
+    sd: &StableDiffusion,
+    p: &GenerateParams,
+    latents: Tensor<4>,
+    noise: &mut dyn StepNoise,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Tensor<4>> {
     sd.check_size(p.width, p.height)?;
     let n = latents.dims()[0];
     let mut sampler = schedulers::make(p.sampler, &sd.scheduler, p.steps).context("building the sampler")?;
@@ -79,8 +91,6 @@ pub fn generate(sd: &StableDiffusion, p: &GenerateParams, latents: Tensor<4>, mu
         let [_, t, h] = cond.dims();
         cond.expand([n, t, h])
     };
-    // Ancestral samplers draw fresh noise each step from a generator tied to the seed.
-    let mut rng = Rng::new(p.seed ^ 0x5eed_a5ce_0001);
     let mut x = latents.mul_scalar(sampler.init_noise_sigma() as f32);
     let timesteps = sampler.timesteps().to_vec();
     for (i, &t) in timesteps.iter().enumerate() {
@@ -95,7 +105,7 @@ pub fn generate(sd: &StableDiffusion, p: &GenerateParams, latents: Tensor<4>, mu
         } else {
             out
         };
-        x = sampler.step(out, i, x, &mut rng);
+        x = sampler.step(out, i, x, noise);
         progress(i + 1, timesteps.len());
     }
     let scale = sd.vae.config.scaling_factor as f32;

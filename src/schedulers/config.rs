@@ -148,19 +148,11 @@ impl SchedulerConfig {
         Ok(())
     }
 
-    /// The timestep spacing for a scheduler class whose own default is `class_default`.
-    ///
-    /// diffusers' `from_config` skips the fields that were defaults of the source scheduler
-    /// (`_use_default_values`), but that list is not saved: a PNDM config saved by diffusers always
-    /// carries PNDM's default `leading`, while the SD 1.5 original has no `timestep_spacing` at all
-    /// and pipelines built from it give Euler and DPM-Solver their `linspace` default. So a PNDM
-    /// `leading` counts as unset (this reproduces the reference timesteps).
+    /// The timestep spacing for a scheduler class whose own default is `class_default`: the
+    /// file's value when it has one, as diffusers' `from_pretrained` + `from_config` give it (the
+    /// SD 1.5 original has none, so Euler and DPM-Solver take their own `linspace` there).
     pub fn spacing(&self, class_default: TimestepSpacing) -> TimestepSpacing {
-        match self.timestep_spacing {
-            Some(TimestepSpacing::Leading) if self.class_name.as_deref() == Some("PNDMScheduler") => class_default,
-            Some(s) => s,
-            None => class_default,
-        }
+        self.timestep_spacing.unwrap_or(class_default)
     }
 }
 
@@ -201,8 +193,12 @@ mod tests {
         assert_eq!(c.prediction_type, PredictionType::Epsilon);
         assert_eq!(c.set_alpha_to_one, Some(false));
         assert_eq!(c.clip_sample, None);
-        assert_eq!(c.spacing(TimestepSpacing::Linspace), TimestepSpacing::Linspace);
-        assert_eq!(c.spacing(TimestepSpacing::Leading), TimestepSpacing::Leading);
+        // The file says `leading`: every sampler uses it, as diffusers' from_pretrained does.
+        assert_eq!(c.spacing(TimestepSpacing::Linspace), TimestepSpacing::Leading);
+        // Without the key (SD 1.5's original file), each sampler takes its own default.
+        let bare = SchedulerConfig::from_json(r#"{"_class_name": "PNDMScheduler", "steps_offset": 1}"#).unwrap();
+        assert_eq!(bare.spacing(TimestepSpacing::Linspace), TimestepSpacing::Linspace);
+        assert_eq!(bare.spacing(TimestepSpacing::Leading), TimestepSpacing::Leading);
     }
 
     #[test]

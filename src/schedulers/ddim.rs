@@ -1,11 +1,11 @@
 //! DDIM (diffusers `DDIMScheduler`) with eta = 0: deterministic, no noise drawn.
 use burn::tensor::Tensor;
 
-use super::Sampler;
+use super::{Sampler, StepNoise};
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::noise::NoiseSchedule;
 use super::spacing::train_spaced;
-use crate::rng::Rng;
+
 
 pub struct Ddim {
     schedule: NoiseSchedule,
@@ -50,7 +50,7 @@ impl Sampler for Ddim {
         sample
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _rng: &mut Rng) -> Tensor<4> {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _noise: &mut dyn StepNoise) -> Tensor<4> {
         let t = self.timesteps[step] as i64;
         let prev = t - self.stride as i64;
         let acp = &self.schedule.alphas_cumprod;
@@ -82,6 +82,7 @@ impl Sampler for Ddim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
     use burn::tensor::{Device, TensorData};
 
     fn config(prediction: &str) -> SchedulerConfig {

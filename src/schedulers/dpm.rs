@@ -3,11 +3,11 @@
 //! optionally on Karras sigmas. Works on the data prediction x0 and keeps the previous one.
 use burn::tensor::Tensor;
 
-use super::Sampler;
+use super::{Sampler, StepNoise};
 use super::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 use super::noise::NoiseSchedule;
 use super::spacing::{interp, karras, leading, linspace, ln_f32, round, sigma_to_t, trailing};
-use crate::rng::Rng;
+
 
 pub struct DpmPp2m {
     timesteps: Vec<f64>,
@@ -41,10 +41,6 @@ impl DpmPp2m {
         Self { timesteps, sigmas, prediction: config.prediction_type, previous: None }
     }
 
-    /// The float32 sigmas, one per timestep and a final 0.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
 
     /// (alpha_t, sigma_t, lambda_t = log alpha_t - log sigma_t) of the VP process at `sigma`, float32.
     fn alpha_sigma_lambda(sigma: f32) -> (f32, f32, f32) {
@@ -85,6 +81,10 @@ impl Sampler for DpmPp2m {
         &self.timesteps
     }
 
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.sigmas)
+    }
+
     fn init_noise_sigma(&self) -> f64 {
         1.0
     }
@@ -93,7 +93,7 @@ impl Sampler for DpmPp2m {
         sample
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _rng: &mut Rng) -> Tensor<4> {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _noise: &mut dyn StepNoise) -> Tensor<4> {
         if step == 0 {
             self.previous = None; // a new trajectory
         }

@@ -3,11 +3,11 @@
 //! ancestral one stepping below the next sigma and adding fresh noise back up to it.
 use burn::tensor::Tensor;
 
-use super::Sampler;
+use super::{Sampler, StepNoise};
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::noise::NoiseSchedule;
 use super::spacing::{interp, train_spaced};
-use crate::rng::Rng;
+
 
 /// What both Euler variants share: timesteps, float32 sigmas (one more than timesteps, ending
 /// at 0) and the initial noise scale.
@@ -61,15 +61,15 @@ impl Euler {
         Self(Sigmas::new(config, steps))
     }
 
-    /// The float32 sigmas, one per timestep and a final 0.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.0.sigmas
-    }
 }
 
 impl Sampler for Euler {
     fn timesteps(&self) -> &[f64] {
         &self.0.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.0.sigmas)
     }
 
     fn init_noise_sigma(&self) -> f64 {
@@ -80,7 +80,7 @@ impl Sampler for Euler {
         self.0.scale(sample, step)
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _rng: &mut Rng) -> Tensor<4> {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _noise: &mut dyn StepNoise) -> Tensor<4> {
         let sigma = self.0.sigmas[step]; // sigma_hat = sigma * (0 + 1): no churn
         let x0 = self.0.denoised(model_output, sigma, &sample);
         let derivative = (sample.clone() - x0).div_scalar(sigma);
@@ -118,6 +118,10 @@ impl Sampler for EulerAncestral {
         &self.0.timesteps
     }
 
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.0.sigmas)
+    }
+
     fn init_noise_sigma(&self) -> f64 {
         self.0.init_noise_sigma as f64
     }
@@ -126,9 +130,9 @@ impl Sampler for EulerAncestral {
         self.0.scale(sample, step)
     }
 
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, rng: &mut Rng) -> Tensor<4> {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: &mut dyn StepNoise) -> Tensor<4> {
         // Drawn at every step, the last (where it is scaled by 0) included, as diffusers does.
-        let noise = rng.normal_tensor(sample.dims(), &sample.device());
+        let noise = noise.draw(sample.dims(), &sample.device());
         self.step_with_noise(model_output, step, sample, noise)
     }
 }

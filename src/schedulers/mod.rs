@@ -19,21 +19,37 @@ pub use noise::NoiseSchedule;
 
 use crate::rng::Rng;
 
+/// Fresh unit-variance noise for ancestral samplers, one tensor per step.
+pub trait StepNoise {
+    fn draw(&mut self, dims: [usize; 4], device: &burn::tensor::Device) -> Tensor<4>;
+}
+
+impl StepNoise for Rng {
+    fn draw(&mut self, dims: [usize; 4], device: &burn::tensor::Device) -> Tensor<4> {
+        self.normal_tensor(dims, device)
+    }
+}
+
 /// A reverse-diffusion sampler over a fixed list of timesteps.
 ///
 /// The loop, as diffusers' pipelines run it: `x = noise * init_noise_sigma()`, then for each
-/// `i`: `out = unet(scale_model_input(x, i), timesteps()[i])` (guided), `x = step(out, i, x, rng)`.
+/// `i`: `out = unet(scale_model_input(x, i), timesteps()[i])` (guided), `x = step(out, i, x, noise)`.
 pub trait Sampler: Send {
     /// The UNet timesteps, noisiest first (whole numbers for every sampler here, stored as f64
     /// because the spacing math is fractional).
     fn timesteps(&self) -> &[f64];
     /// The scale of the initial unit-variance noise (a float32 value, widened).
     fn init_noise_sigma(&self) -> f64;
+    /// The float32 sigmas, one per timestep and a final 0, for samplers that walk them.
+    fn sigmas(&self) -> Option<&[f32]> {
+        None
+    }
     /// The UNet input at step `step` (Euler scales by 1 / sqrt(sigma^2 + 1)).
     fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4>;
     /// One step from `timesteps()[step]` to the next; `model_output` is read according to the
-    /// config's `prediction_type`. Steps must run in order from 0.
-    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, rng: &mut Rng) -> Tensor<4>;
+    /// config's `prediction_type`. Steps must run in order from 0; ancestral samplers draw their
+    /// fresh noise from `noise`.
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: &mut dyn StepNoise) -> Tensor<4>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

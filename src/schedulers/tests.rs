@@ -34,21 +34,32 @@ fn close(got: &[f64], want: &[f64], rel: f64, what: &str) {
     }
 }
 
+/// The fixture pipelines' schedulers as diffusers builds them from the folders on disk
+/// (epsilon: SD 1.x's PNDM config; v-prediction: SD 2.x's DDIM config): timesteps, sigmas and
+/// the initial noise scale of every sampler.
 #[test]
-fn fixture_timesteps() {
-    let dir = crate::fixtures::FIXTURES_DIR;
-    let config = load(&Path::new(dir).join("tiny-sd/scheduler/scheduler_config.json")).unwrap();
-    let file = SafeTensorsFile::open(&Path::new(dir).join("reference.safetensors")).unwrap();
-    for (kind, name) in [
-        (SamplerKind::Ddim, "ddim"),
-        (SamplerKind::Euler, "euler"),
-        (SamplerKind::DpmPp2m, "dpmpp_2m"),
-        (SamplerKind::DpmPp2mKarras, "dpmpp_2m_karras"),
-    ] {
-        let (_, want) = file.f32(&format!("sched_{name}_timesteps")).unwrap();
-        let want: Vec<f64> = want.into_iter().map(|t| t as f64).collect();
-        // All are whole numbers: exact equality.
-        assert_eq!(make(kind, &config, 10).unwrap().timesteps(), &want[..], "{kind}");
+fn fixture_schedules() {
+    let dir = Path::new(crate::fixtures::FIXTURES_DIR);
+    for (model, refs) in [("tiny-sd", "eps-samplers.safetensors"), ("tiny-sd2-v", "vpred-reference.safetensors")] {
+        let config = load(&dir.join(model).join("scheduler/scheduler_config.json")).unwrap();
+        let file = SafeTensorsFile::open(&dir.join(refs)).unwrap();
+        for kind in SamplerKind::ALL {
+            let name = kind.name().replace('-', "_");
+            let s = make(kind, &config, 10).unwrap();
+            let (_, want) = file.f32(&format!("sched_{name}_timesteps")).unwrap();
+            let want: Vec<f64> = want.into_iter().map(|t| t as f64).collect();
+            // All are whole numbers: exact equality.
+            assert_eq!(s.timesteps(), &want[..], "{model} {kind}");
+            let (_, init) = file.f32(&format!("sched_{name}_init_noise_sigma")).unwrap();
+            assert_eq!(s.init_noise_sigma() as f32, init[0], "{model} {kind} init_noise_sigma");
+            match file.f32(&format!("sched_{name}_sigmas")) {
+                Ok((_, want)) => {
+                    let got: Vec<f64> = s.sigmas().expect("a sigma schedule").iter().map(|&v| v as f64).collect();
+                    close(&got, &want.iter().map(|&v| v as f64).collect::<Vec<_>>(), 2e-7, &format!("{model} {kind} sigmas"));
+                }
+                Err(_) => assert!(s.sigmas().is_none(), "{model} {kind}: diffusers has no sigmas"),
+            }
+        }
     }
 }
 
@@ -130,11 +141,11 @@ fn other_schedules_match_diffusers() {
     let sigmas = |v: &[f32]| v.iter().map(|&s| s as f64).collect::<Vec<_>>();
     for (key, s) in &cases {
         assert_eq!(f32s(s.timesteps()), f32s(&floats(&r[*key])), "{key}");
-        close(&sigmas(s.sigmas()), &floats(&r[format!("{key}/sigmas")]), 2e-7, key);
+        close(&sigmas(s.sigmas().unwrap()), &floats(&r[format!("{key}/sigmas")]), 2e-7, key);
     }
     let euler = euler::Euler::new(&SchedulerConfig::default(), 15);
     assert_eq!(f32s(euler.timesteps()), f32s(&floats(&r["euler/linear/linspace/15"])));
-    close(&sigmas(euler.sigmas()), &floats(&r["euler/linear/linspace/15/sigmas"]), 2e-7, "euler sigmas");
+    close(&sigmas(euler.sigmas().unwrap()), &floats(&r["euler/linear/linspace/15/sigmas"]), 2e-7, "euler sigmas");
 }
 
 #[test]

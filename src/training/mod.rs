@@ -1,9 +1,11 @@
-//! Training adapters: the CAT objective, captions and triggers, the optimiser, and the loop.
+//! Training adapters: the CAT objective, captions and triggers, the parameters and their
+//! optimiser, and the loop.
 pub mod adamw;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod objective;
+pub mod params;
 pub mod schedule;
-pub mod checkpoint;
 pub mod trainer;
 pub mod trigger;

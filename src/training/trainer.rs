@@ -306,7 +306,8 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
             terms.total += tm.total * kf;
         }
         if cfg.max_grad_norm > 0.0 {
-            clip_to_norm(&mut grads, global_norm(&grads), cfg.max_grad_norm);
+            let norm = global_norm(&grads);
+            clip_to_norm(&mut grads, norm, cfg.max_grad_norm);
         }
         opt.update(&mut params.values, &grads, lr);
         last = terms;
