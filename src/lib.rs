@@ -9,6 +9,7 @@ pub mod device;
 pub mod evaluation;
 pub mod fixtures;
 pub mod io;
+pub mod kernels;
 pub mod models;
 pub mod pipeline;
 pub mod rng;

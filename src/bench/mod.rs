@@ -13,6 +13,7 @@ pub mod case;
 pub mod child;
 pub mod clip;
 pub mod machine;
+pub mod profile;
 pub mod targets;
 pub mod torch;
 pub mod train;
@@ -44,18 +45,25 @@ pub struct BenchOptions {
 pub enum Job {
     Unet(BenchCase),
     Train(train::TrainCase),
+    /// One phase repeated, for a sampling profiler (`bench/op_profile.py`); prints nothing.
+    Profile {
+        #[serde(flatten)]
+        case: BenchCase,
+        phase: profile::Phase,
+    },
 }
 
 /// The child's whole job: parse the case, run it, print one JSON line on stdout.
 pub fn child_main(job_json: &str) -> Result<()> {
     let job: Job = serde_json::from_str(job_json).context("`--case` is not a benchmark case in JSON")?;
     let device = match &job {
-        Job::Unet(c) => &c.device,
+        Job::Unet(c) | Job::Profile { case: c, .. } => &c.device,
         Job::Train(t) => &t.case.device,
     };
     crate::device::set_threads(device, machine::default_threads());
     match &job {
         Job::Unet(case) => child::print_result_line(&unet::run_case(case)?),
         Job::Train(tc) => child::print_result_line(&train::run_train_case(tc)?),
+        Job::Profile { case, phase } => profile::run_phase(case, *phase),
     }
 }

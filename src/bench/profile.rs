@@ -1,4 +1,4 @@
-//! One phase of a case, repeated, for a sampling profiler (`bench/profile.py` runs `perf` over
+//! One phase of a case, repeated, for a sampling profiler (`bench/op_profile.py` runs `perf` over
 //! it and sorts the samples by operation kind): the forward pass without a graph, forward +
 //! backward to the input, or a LoRA training step.
 use super::case::{BenchCase, TIMESTEP, TRAIN_TIMESTEP, train_inputs, unet_inputs, train_noise_schedule};

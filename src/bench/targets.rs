@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(Engine::of("catlora (burn 0.22.1, libtorch-cuda:0, f32)"), Engine::LibTorch);
         assert_eq!(Engine::of("catlora (burn 0.22.1, vulkan, f32)"), Engine::Other);
         let idle = Idle { load_before: Some(0.1), load_after: Some(0.2), others: Some(0.0) };
-        let busy = Idle { load_before: Some(50.0), ..idle };
+        let busy = Idle { others: Some(1.0), ..idle };
         let v = verdict(&CAT_STEP_VS_OFF, Engine::LibTorch, 0.95, &idle);
         assert_eq!((v.bound, v.met, v.withheld), (Some(0.9), Some(false), false));
         assert_eq!(verdict(&CAT_STEP_VS_OFF, Engine::Flex, 0.95, &idle).met, Some(true));

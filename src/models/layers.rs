@@ -5,8 +5,8 @@ use super::weights::Weights;
 use crate::adapters::lora::LoraBranch;
 use anyhow::Result;
 use burn::tensor::activation;
-use burn::tensor::module::{attention, conv2d};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
 /// Visits every parameter tensor of a model by its diffusers name, so tests and tools can mark
@@ -76,8 +76,10 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        let mut y = conv2d(x.clone(), self.weight.clone(), self.bias.clone(), opts);
+        let mut y = match &self.bias {
+            Some(b) if self.kernel == 3 && self.stride == 1 && self.padding == 1 => crate::kernels::conv3x3(x.clone(), self.weight.clone(), b.clone()),
+            _ => conv2d(x.clone(), self.weight.clone(), self.bias.clone(), ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1)),
+        };
         if !self.lora.is_empty() {
             // A 1x1 convolution is a linear map over channels: apply the branches channels-last.
             let [b, c, h, wd] = x.dims();
@@ -158,26 +160,18 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        group_norm(x, &self.weight, &self.bias, self.groups, self.eps)
+        crate::kernels::group_norm(x, self.weight.clone(), self.bias.clone(), self.groups, self.eps, false)
+    }
+
+    /// `silu(self.forward(x))`, fused.
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        crate::kernels::group_norm(x, self.weight.clone(), self.bias.clone(), self.groups, self.eps, true)
     }
 
     pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
         v.visit1(&join(prefix, "weight"), &mut self.weight);
         v.visit1(&join(prefix, "bias"), &mut self.bias);
     }
-}
-
-/// Group norm from differentiable primitives. The statistics are folded into one per-channel
-/// scale and shift, so the full-size tensor is touched by two element-wise ops instead of four
-/// (the weak spot of CPU backends, and SD's UNet has dozens of these).
-pub fn group_norm(x: Tensor<4>, weight: &Tensor<1>, bias: &Tensor<1>, groups: usize, eps: f64) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let per = c / groups;
-    let (var, mean) = x.clone().reshape([b, groups, per * h * w]).var_mean_bias(2);
-    let per_channel = |t: Tensor<3>| t.expand([b, groups, per]).reshape([b, c, 1, 1]);
-    let scale = per_channel(var.add_scalar(eps).sqrt().recip()) * weight.clone().reshape([1, c, 1, 1]);
-    let shift = bias.clone().reshape([1, c, 1, 1]) - per_channel(mean) * scale.clone();
-    x * scale + shift
 }
 
 /// Layer normalisation over the last dimension.
@@ -220,36 +214,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 /// Multi-head scaled dot-product attention on `[B, N, heads * dim]` inputs.
 pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
-    let [b, n, inner] = q.dims();
-    let m = k.dims()[1];
-    let d = inner / heads;
-    let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
-    let (q, k, v) = (split(q, n), split(k, m), split(v, m));
-    let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
-    let out = if q.is_autodiff() || k.is_autodiff() || v.is_autodiff() {
-        // Spelled out so that the graph is made of ops whose backward is known to be recorded.
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
-        let scores = if causal {
-            let mask = causal_mask(n, m, &scores.device()).cast(scores.dtype());
-            scores + mask
-        } else {
-            scores
-        };
-        activation::softmax(scores, 3).matmul(v)
-    } else {
-        attention(q, k, v, None, None, opts)
-    };
-    out.swap_dims(1, 2).reshape([b, n, inner])
-}
-
-fn causal_mask(n: usize, m: usize, device: &burn::tensor::Device) -> Tensor<4> {
-    let mut v = vec![0f32; n * m];
-    for i in 0..n {
-        for j in (i + 1)..m {
-            v[i * m + j] = f32::NEG_INFINITY;
-        }
-    }
-    Tensor::<2>::from_data(burn::tensor::TensorData::new(v, [n, m]), device).reshape([1, 1, n, m])
+    crate::kernels::attention(q, k, v, heads, causal)
 }
 
 /// Nearest-neighbour 2x upsampling, as `F.interpolate(scale_factor=2, mode="nearest")`.

@@ -34,13 +34,13 @@ impl ResnetBlock {
 
     /// `temb` is the already-activated time embedding `silu(emb)`.
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(t.clone());
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(self.norm2.forward_silu(h));
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,
@@ -365,7 +365,7 @@ impl UNet {
                 h = conv.forward(upsample_nearest_2x(h));
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(h))
     }
 
     /// Every layer that can take a LoRA branch, by diffusers module path.

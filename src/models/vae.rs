@@ -2,7 +2,7 @@
 //! latents, the decoder maps latents back. Scaling by `scaling_factor` is the caller's job, as in
 //! diffusers.
 use super::config::VaeConfig;
-use super::layers::{Conv2d, GroupNorm, Linear, ParamVisitor, join, multi_head_attention, silu, upsample_nearest_2x};
+use super::layers::{Conv2d, GroupNorm, Linear, ParamVisitor, join, multi_head_attention, upsample_nearest_2x};
 use super::unet::ResnetBlock;
 use super::weights::Weights;
 use anyhow::Result;
@@ -172,7 +172,7 @@ impl Vae {
             }
         }
         h = self.enc_mid.forward(h);
-        h = self.enc_conv_out.forward(silu(self.enc_norm_out.forward(h)));
+        h = self.enc_conv_out.forward(self.enc_norm_out.forward_silu(h));
         if let Some(q) = &self.quant_conv {
             h = q.forward(h);
         }
@@ -198,7 +198,7 @@ impl Vae {
                 h = conv.forward(upsample_nearest_2x(h));
             }
         }
-        self.dec_conv_out.forward(silu(self.dec_norm_out.forward(h)))
+        self.dec_conv_out.forward(self.dec_norm_out.forward_silu(h))
     }
 
     pub fn visit(&mut self, v: &mut dyn ParamVisitor) {

@@ -17,7 +17,7 @@ per-run wall time of PyTorch measured alone (no profiler) for scale; catlora's p
 from `catlora bench`.
 
 Usage (from the repository root, with a release build and bash scripts/setup-bench.sh done):
-  python3 bench/profile.py --exe target/release/catlora --phase forward|forward_backward|lora_step \
+  python3 bench/op_profile.py --exe target/release/catlora --phase forward|forward_backward|lora_step \
       [--pixels 256] [--iters 2] [--device cpu] [--torch .venv-bench/bin/python]
 """
 import argparse
@@ -33,7 +33,7 @@ KINDS = ["convolution", "matmul", "attention", "group_norm", "layer_norm", "elem
          "copies/layout", "autodiff bookkeeping", "memory", "other"]
 
 # burn ops (forward: FloatTensorOps / ModuleOps method names; backward: the Backward struct names).
-CONV = re.compile(r"conv2d|Conv2D|conv_|Conv[A-Z]|im2col|col2im", re.I)
+CONV = re.compile(r"ops::conv|conv2d|Conv2D|conv_|Conv[A-Z]|im2col|col2im", re.I)
 MATMUL = re.compile(r"float_matmul|Matmul|gemm|matmul", re.I)
 ATTN = re.compile(r"attention", re.I)
 REDUCE = re.compile(r"float_(sum|mean|max|min|var|prod)|::(Sum|Mean|Max|Min|Var)[A-Za-z]*( as|$)|reduce", re.I)
@@ -70,7 +70,7 @@ def classify(stack):
         return None
     layer = next((name for name, rx in CATLORA_LAYER if rx.search(text)), None)
     if MEMORY.search(stack[0]) or (len(stack) > 1 and MEMORY.search(stack[1])):
-        return "memory", layer
+        layer = "memory: " + (layer or "-")
     for f in stack:
         if BACKWARD.search(f):
             # The op whose derivative this is: the struct name before " as ... Backward".
@@ -109,12 +109,13 @@ def parse_perf_script(text):
         yield stack
 
 
-def catlora_profile(exe, case, phase):
+def catlora_profile(exe, case, phase, threads):
     job = json.dumps({"job": "profile", "phase": phase, **case})
     with tempfile.TemporaryDirectory() as d:
         data = os.path.join(d, "perf.data")
+        env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
         subprocess.run(["perf", "record", "-q", "-F", "97", "--call-graph", "dwarf,32768", "-o", data, "--", exe, "bench",
-                        "--case", job], check=True, stdout=subprocess.DEVNULL)
+                        "--case", job], check=True, stdout=subprocess.DEVNULL, env=env)
         text = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym", "--no-inline"], check=True,
                               capture_output=True, text=True).stdout
     kinds, layers, total = collections.Counter(), collections.Counter(), 0
@@ -143,14 +144,14 @@ TORCH_KIND = [
 ]
 
 
-def torch_profile(python, case, phase):
+def torch_profile(python, case, phase, threads):
     code = r'''
 import json, sys, time, os
 sys.path.insert(0, sys.argv[1])
 import torch, torch_unet as tu
 from torch.profiler import profile, ProfilerActivity
 case, phase = json.loads(sys.argv[2]), sys.argv[3]
-torch.set_num_threads(tu.default_threads())
+torch.set_num_threads(int(sys.argv[4]))
 unet = tu.load_unet(case["model"]); unet.requires_grad_(False)
 cfg = unet.config
 x, ctx = tu.formula_inputs(torch, case["batch"], cfg.in_channels, case["latent"], case["tokens"], cfg.cross_attention_dim)
@@ -178,7 +179,7 @@ ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
 print(json.dumps({"ops": ops, "run_s": alone}))
 '''
     here = os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run([python, "-c", code, here, json.dumps(case), phase], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([python, "-c", code, here, json.dumps(case), phase, str(threads)], check=True, stdout=subprocess.PIPE, text=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
     kinds = collections.Counter()
     for name, us in r["ops"].items():
@@ -194,6 +195,9 @@ def main():
     ap.add_argument("--pixels", type=int, default=256)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="compute threads of both engines (1 keeps every sample on the calling thread's stack, where "
+                         "catlora's layers are visible; rayon's workers show only the kernel)")
     ap.add_argument("--torch", help="the Python of .venv-bench, for PyTorch's profile")
     a = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -201,9 +205,9 @@ def main():
     case = {"name": f"sd15-{a.pixels}", "model": {"kind": "random", "config": sd15, "seed": 0}, "device": a.device,
             "batch": 1, "latent": a.pixels // 8, "tokens": 77, "iters": a.iters}
     print(f"load average: {open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} CPUs", file=sys.stderr)
-    print(json.dumps(catlora_profile(a.exe, case, a.phase)))
+    print(json.dumps(catlora_profile(a.exe, case, a.phase, a.threads)))
     if a.torch:
-        print(json.dumps(torch_profile(a.torch, case, a.phase)))
+        print(json.dumps(torch_profile(a.torch, case, a.phase, a.threads)))
 
 
 if __name__ == "__main__":
