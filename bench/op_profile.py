@@ -33,7 +33,8 @@ KINDS = ["convolution", "matmul", "attention", "group_norm", "layer_norm", "elem
          "copies/layout", "autodiff bookkeeping", "memory", "other"]
 
 # burn ops (forward: FloatTensorOps / ModuleOps method names; backward: the Backward struct names).
-CONV = re.compile(r"ops::conv|conv2d|Conv2D|conv_|Conv[A-Z]|im2col|col2im", re.I)
+CONV = re.compile(r"ops::conv|conv2d|Conv2D|conv3x3|Conv3x3|conv_|Conv[A-Z]|im2col|col2im")
+GROUP_NORM = re.compile(r"group_norm|GroupNorm")
 MATMUL = re.compile(r"float_matmul|Matmul|gemm|matmul", re.I)
 ATTN = re.compile(r"attention", re.I)
 REDUCE = re.compile(r"float_(sum|mean|max|min|var|prod)|::(Sum|Mean|Max|Min|Var)[A-Za-z]*( as|$)|reduce", re.I)
@@ -56,7 +57,7 @@ CATLORA_LAYER = [("group_norm", re.compile(r"catlora::models::layers::group_norm
 
 
 def op_kind(frame):
-    for kind, rx in [("convolution", CONV), ("attention", ATTN), ("matmul", MATMUL), ("reduction", REDUCE),
+    for kind, rx in [("convolution", CONV), ("attention", ATTN), ("group_norm", GROUP_NORM), ("matmul", MATMUL), ("reduction", REDUCE),
                      ("copies/layout", LAYOUT), ("elementwise", ELEM)]:
         if rx.search(frame):
             return kind
@@ -78,7 +79,8 @@ def classify(stack):
             return (op_kind(name) or "elementwise" if re.search(r"::[A-Z]\w*$", name) else "other"), layer
     # Outside derivative steps: the innermost backend op frame decides.
     for f in stack:
-        if "burn_flex::" in f or "FloatTensorOps" in f or "ModuleOps" in f or "ActivationOps" in f or "burn_tch" in f or "tch::" in f:
+        if ("burn_flex::" in f or "catlora::kernels::" in f or "FloatTensorOps" in f or "ModuleOps" in f or "ActivationOps" in f
+                or "burn_tch" in f or "tch::" in f):
             k = op_kind(f)
             if k:
                 return k, layer

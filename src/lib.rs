@@ -10,6 +10,7 @@ pub mod evaluation;
 pub mod fixtures;
 pub mod io;
 pub mod kernels;
+pub mod limits;
 pub mod models;
 pub mod pipeline;
 pub mod rng;

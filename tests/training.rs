@@ -157,7 +157,7 @@ fn dreambooth_generates_class_images_and_trains() {
     cfg.save_every = 0;
     cfg.sample_every = 2;
     let out = train(&cfg, None, &mut Silent).unwrap();
-    assert_eq!(std::fs::read_dir(out.paths.class_images.join("sks")).unwrap().count(), 2);
+    assert_eq!(std::fs::read_dir(out.paths.class_images.join("0-sks")).unwrap().count(), 2, "one folder per concept, named by index and trigger");
     assert!(out.last.prior > 0.0);
     // Samples with and without the trigger.
     let samples: Vec<_> = std::fs::read_dir(&out.paths.samples).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

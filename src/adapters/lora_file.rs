@@ -126,7 +126,7 @@ impl KnownModules {
 
 /// The three roles a tensor plays in a branch.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub enum Role {
     Down,
     Up,
     Alpha,
@@ -134,7 +134,7 @@ enum Role {
 
 /// Classifies one tensor name as (format, component, module as written, role). For kohya the
 /// module is still underscored; `None` when no known naming fits.
-fn classify(key: &str) -> Option<(Format, Component, String, Role)> {
+pub fn classify(key: &str) -> Option<(Format, Component, String, Role)> {
     for c in [Component::Unet, Component::TextEncoder] {
         if let Some(rest) = key.strip_prefix(c.kohya_prefix()).and_then(|r| r.strip_prefix('_')) {
             let (name, suffix) = rest.split_once('.')?;
@@ -335,8 +335,8 @@ pub fn read(path: &Path, modules: &KnownModules) -> Result<LoraFile> {
             }
         };
         let loaded = (|| -> Result<LoraEntry> {
-            let (ds, down) = file.f32(down_key)?;
-            let (us, up) = file.f32(up_key)?;
+            let (ds, down) = file.f32_finite(down_key)?;
+            let (us, up) = file.f32_finite(up_key)?;
             let conv = match (ds.as_slice(), us.as_slice()) {
                 ([_, _], [_, _]) => false,
                 ([_, _, 1, 1], [_, _, 1, 1]) => true,
@@ -349,7 +349,7 @@ pub fn read(path: &Path, modules: &KnownModules) -> Result<LoraFile> {
             let alpha = match format {
                 Some(Format::Kohya) => match &p.alpha {
                     Some(k) => {
-                        let (_, v) = file.f32(k)?;
+                        let (_, v) = file.f32_finite(k)?;
                         if v.len() != 1 {
                             bail!("`{k}`: alpha holds {} values, not 1", v.len());
                         }
@@ -365,6 +365,9 @@ pub fn read(path: &Path, modules: &KnownModules) -> Result<LoraFile> {
                 // The processor naming stored no alpha: its scale was 1.
                 _ => rank as f32,
             };
+            if !alpha.is_finite() {
+                bail!("`{module}`: alpha {alpha} is not a finite number");
+            }
             Ok(LoraEntry { component, module: module.clone(), rank, in_features, out_features, conv, down, up, alpha })
         })();
         match loaded {

@@ -362,7 +362,8 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
             cols.extend([r.torch_lora.as_ref(), r.torch_cat_off.as_ref(), r.torch_cat_authors.as_ref()]);
         }
         let label = format!("{} x{}", r.lora.case, r.lora.iters);
-        let lines: [(&str, fn(&TrainResult) -> f64, usize); 13] = [
+        type Line = (&'static str, fn(&TrainResult) -> f64, usize);
+        let lines: [Line; 13] = [
             ("step (ms)", |r| r.step_ms, 1),
             ("  fastest step (ms)", |r| min(&r.step_all_ms), 1),
             ("UNet forwards per step", |r| r.forwards as f64, 0),

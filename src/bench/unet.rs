@@ -198,7 +198,8 @@ pub fn print_table(rows: &[BenchRow], out: &mut dyn Write) -> Result<()> {
         let c = &r.catlora;
         let t = r.torch.as_ref();
         let label = format!("{} x{}", c.case, c.iters);
-        let lines: [(&str, fn(&BenchResult) -> f64, usize, bool); 13] = [
+        type Line = (&'static str, fn(&BenchResult) -> f64, usize, bool);
+        let lines: [Line; 13] = [
             ("forward (ms)", |r| r.forward_ms, 1, true),
             ("fwd+bwd to input (ms)", |r| r.forward_backward_ms, 1, true),
             ("  forward, fastest run", |r| min(&r.forward_all_ms), 1, true),

@@ -64,7 +64,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
-    if a.pixels == 0 || a.pixels % 64 != 0 {
+    if a.pixels == 0 || !a.pixels.is_multiple_of(64) {
         bail!("--pixels {}: give a positive multiple of 64", a.pixels);
     }
     // Refuse an unknown or unbuilt device here, not in every child.

@@ -49,29 +49,25 @@ pub struct DemoArgs {
 
 struct Stages {
     started: Instant,
-    bar: indicatif::ProgressBar,
+    progress: super::Progress,
 }
 
 impl Progress for Stages {
     fn start(&mut self, first: usize, total: usize) {
-        self.bar = super::progress_bar(total as u64, "  training");
-        self.bar.set_position(first as u64);
+        self.progress.reset("  training", first as u64, total as u64);
     }
-    fn step(&mut self, step: usize, terms: &LossTerms, _lr: f64) {
-        self.bar.set_position(step as u64);
-        self.bar.set_message(format!("  loss {:.4}", terms.total));
-        if self.bar.is_hidden() && step % 100 == 0 {
-            eprintln!("  step {step}: loss {:.4}", terms.total);
-        }
+    fn step(&mut self, _step: usize, terms: &LossTerms, lr: f64) {
+        self.progress.status(format!("{} lr {lr:.2e}", terms.describe()));
+        self.progress.inc(1);
     }
     fn message(&mut self, msg: &str) {
-        self.bar.suspend(|| eprintln!("  {msg}"));
+        self.progress.message(&format!("  {msg}"));
     }
 }
 
 impl DemoProgress for Stages {
     fn stage(&mut self, msg: &str) {
-        self.bar.finish_and_clear();
+        self.progress.finish();
         eprintln!("[{:>5.1} s] {msg}", self.started.elapsed().as_secs_f64());
     }
 }
@@ -89,7 +85,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         seeds: a.seeds.unwrap_or(d.seeds),
         cfg: a.cfg.unwrap_or(d.cfg),
         guided_cfg: match a.guided_cfg {
-            Some(g) if g == 0.0 => None,
+            Some(0.0) => None,
             Some(g) => Some(g),
             None => d.guided_cfg,
         },
@@ -101,9 +97,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         Some(m) => m,
         None => catlora::toy::assets::materialise(&opts.out.join("models"))?,
     };
-    let mut p = Stages { started: Instant::now(), bar: indicatif::ProgressBar::hidden() };
+    let mut p = Stages { started: Instant::now(), progress: super::Progress::new("demo", 0) };
     let r = demo::run(&opts, &models, &mut p)?;
-    p.bar.finish_and_clear();
+    p.progress.finish();
     println!("{:<12} {:>8} {:>9} {:>7} {:>9} {:>6} {:>8}", "method", "KPS", "identity", "prompt", "diversity", "copy", "colours");
     for (name, m) in &r.methods {
         let kps = m.kps.map_or("-".into(), |k| format!("{k:.4}"));

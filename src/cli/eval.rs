@@ -72,15 +72,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         out: a.out,
         device: a.device,
     };
-    let bar = super::progress_bar(0, "eval");
-    let g = evaluate(&opts, |msg| {
-        if bar.is_hidden() {
-            eprintln!("{msg}");
-        } else {
-            bar.set_message(msg.to_string());
-        }
-    })?;
-    bar.finish_and_clear();
+    let bar = super::Progress::new("eval", 0);
+    let g = evaluate(&opts, |msg| bar.message(msg))?;
+    bar.finish();
     write_outputs(&opts.out, &g.results, &opts.adapters, "catlora evaluation", "")?;
     println!("{:<24} {:>10} {:>10} {:>8} {:>10}", "model", "prompt", "identity", "KPS", "diversity");
     for m in &g.results.models {

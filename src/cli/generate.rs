@@ -1,8 +1,9 @@
 //! `catlora generate`: text to image with optional LoRAs, PNGs carrying A1111 infotext.
 use anyhow::{Context, Result, bail};
 use catlora::adapters::{lora, lora_file};
-use catlora::io::image::{a1111_parameters, save_png, tensor_to_rgb8};
-use catlora::pipeline::model::StableDiffusion;
+use catlora::io::image::tensor_to_rgb8;
+use catlora::pipeline::infotext::save_with_infotext;
+use catlora::pipeline::model::{ModelConfigs, StableDiffusion};
 use catlora::pipeline::txt2img::{self, GenerateParams};
 use catlora::schedulers::SamplerKind;
 use clap::Args;
@@ -39,12 +40,13 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale (1 turns guidance off).
     #[arg(long, default_value_t = 7.5)]
     pub cfg: f64,
-    /// Image width in pixels (a multiple of the model's total downsampling, 64 for SD).
-    #[arg(long, default_value_t = 512)]
-    pub width: usize,
-    /// Image height in pixels.
-    #[arg(long, default_value_t = 512)]
-    pub height: usize,
+    /// Image width in pixels (a multiple of the model's total downsampling, 64 for SD) [default:
+    /// the model's own size, its UNet's sample_size times the VAE factor, as diffusers].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height in pixels [default: the model's own size].
+    #[arg(long)]
+    pub height: Option<usize>,
     /// Seed of the first image; image i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -100,23 +102,46 @@ fn stem(p: &Path) -> String {
     p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
 
+/// The most images one call generates.
+const MAX_IMAGES: usize = 100_000;
+
 pub fn run(a: GenerateArgs) -> Result<()> {
     if !a.cfg.is_finite() {
         bail!("--cfg {} is not a finite number", a.cfg);
     }
-    if a.num_images == Some(0) {
-        bail!("--num-images must be at least 1");
+    if a.num_images.is_some_and(|n| !(1..=MAX_IMAGES).contains(&n)) {
+        bail!("--num-images {} is out of range: use 1 to {MAX_IMAGES}", a.num_images.unwrap_or(0));
     }
     if a.clip_skip == 0 {
         bail!("--clip-skip must be at least 1 (1 = the last layer)");
     }
     let device = catlora::device::parse(&a.device)?;
+    // Sizes and memory are checked from the configs, before any weight is loaded.
+    let configs = ModelConfigs::read(&a.model)?;
+    let native = configs.unet.sample_size.map_or(512, |s| s * configs.vae_factor());
+    let (width, height) = (a.width.unwrap_or(native), a.height.unwrap_or(native));
+    let guided = if a.cfg != 1.0 { 2 } else { 1 };
+    let init = match &a.init_latents {
+        Some(path) => {
+            if !path.is_file() {
+                bail!("--init-latents {}: no such file", path.display());
+            }
+            let n = txt2img::latents_batch(path)?;
+            if let Some(k) = a.num_images.filter(|&k| k != n) {
+                bail!("--num-images {k} disagrees with {}, which holds {n} latents", path.display());
+            }
+            Some((path, n))
+        }
+        None => None,
+    };
+    let batch = init.map_or(1, |(_, n)| n);
+    configs.check_run(width, height, batch * guided, false, "--width/--height")?;
+    if a.clip_skip > configs.text_encoder.num_hidden_layers {
+        bail!("--clip-skip {} exceeds the text encoder's {} layers", a.clip_skip, configs.text_encoder.num_hidden_layers);
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create the output folder {}", a.out.display()))?;
     // The library's load errors name the folder and file.
     let mut sd = StableDiffusion::load(&a.model, &device)?;
-    sd.check_size(a.width, a.height)?;
-    if a.clip_skip > sd.text_encoder.config.num_hidden_layers {
-        bail!("--clip-skip {} exceeds the text encoder's {} layers", a.clip_skip, sd.text_encoder.config.num_hidden_layers);
-    }
     for l in &a.loras {
         let mut targets = sd.targets();
         let known = targets.known_modules();
@@ -129,67 +154,41 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         sampler: a.sampler,
         steps: a.steps,
         cfg: a.cfg,
-        width: a.width,
-        height: a.height,
+        width,
+        height,
         seed: a.seed,
         clip_skip: a.clip_skip,
     };
+    sd.warn_if_truncated(&[&a.prompt, &a.negative_prompt]);
 
-    // One job per `generate` call: (seed, initial latents).
-    let jobs: Vec<(u64, _)> = match &a.init_latents {
-        Some(path) => {
-            if !path.is_file() {
-                bail!("--init-latents {}: no such file", path.display());
-            }
-            let latents = txt2img::read_latents(&sd, path, &params)?;
-            let n = latents.dims()[0];
-            if let Some(k) = a.num_images.filter(|&k| k != n) {
-                bail!("--num-images {k} disagrees with {}, which holds {n} latents", path.display());
-            }
-            vec![(a.seed, latents)]
-        }
-        None => (0..a.num_images.unwrap_or(1) as u64)
-            .map(|i| {
-                let seed = a.seed.checked_add(i).context("--seed + image index overflows u64")?;
-                Ok((seed, txt2img::seeded_latents(&sd, &params, seed)))
-            })
-            .collect::<Result<_>>()?,
+    // One job per `generate` call: (seed, initial latents), made when its turn comes.
+    let count = match init {
+        Some(_) => 1,
+        None => a.num_images.unwrap_or(1),
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create the output folder {}", a.out.display()))?;
-
     let model_name = catlora::evaluation::eval::folder_name(&a.model);
-    let lora_tags: String = a.loras.iter().map(|l| format!(" <lora:{}:{}>", stem(&l.path), l.weight)).collect();
-    let bar = super::progress_bar((jobs.len() * a.steps) as u64, "sampling");
+    let loras: Vec<(String, f32)> = a.loras.iter().map(|l| (stem(&l.path), l.weight)).collect();
+    let mut progress = super::Progress::new("sampling", (count * a.steps) as u64);
     let mut index = 0usize;
-    for (seed, latents) in jobs {
+    for i in 0..count {
+        let (seed, latents) = match init {
+            Some((path, _)) => (a.seed, txt2img::read_latents(&sd, path, &params)?),
+            None => {
+                let seed = a.seed.checked_add(i as u64).context("--seed + image index overflows u64")?;
+                (seed, txt2img::seeded_latents(&sd, &params, seed))
+            }
+        };
         let p = GenerateParams { seed, ..params.clone() };
-        let images = txt2img::generate(&sd, &p, latents, |_, _| bar.inc(1))?;
+        let images = txt2img::generate(&sd, &p, latents, |_, _| progress.inc(1))?;
         for rgb in tensor_to_rgb8(images) {
-            let text = a1111_parameters(
-                &format!("{}{lora_tags}", a.prompt),
-                &a.negative_prompt,
-                a.steps,
-                a.sampler.name(),
-                a.cfg as f32,
-                seed,
-                a.width as u32,
-                a.height as u32,
-                &model_name,
-                &clip_skip_extra(a.clip_skip),
-            );
             let path = a.out.join(format!("{seed}-{index}.png"));
-            save_png(&path, &rgb, a.width as u32, a.height as u32, &[("parameters", &text)])?;
-            bar.suspend(|| eprintln!("wrote {}", path.display()));
+            save_with_infotext(&path, &rgb, &p, &model_name, &loras)?;
+            progress.message(&format!("wrote {}", path.display()));
             index += 1;
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     Ok(())
-}
-
-/// A1111 writes `Clip skip` only when it differs from 1.
-fn clip_skip_extra(clip_skip: usize) -> Vec<(String, String)> {
-    if clip_skip == 1 { Vec::new() } else { vec![("Clip skip".into(), clip_skip.to_string())] }
 }
 
 #[cfg(test)]

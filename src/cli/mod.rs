@@ -9,6 +9,7 @@ mod demo;
 mod eval;
 mod generate;
 mod inspect;
+mod progress;
 mod score;
 mod toy;
 mod train;
@@ -56,20 +57,7 @@ pub fn run() -> Result<()> {
     }
 }
 
-/// A progress bar on stderr, drawn only when stderr is a terminal (logs and pipes stay clean).
-pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_message(what.to_string());
-    bar
-}
+pub use progress::Progress;
 
 #[cfg(test)]
 mod tests {

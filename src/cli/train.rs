@@ -237,27 +237,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
 }
 
 /// The trainer's progress on a bar (stderr, terminals only); messages go to stderr either way.
-struct Bar(indicatif::ProgressBar);
+struct Bar(super::Progress);
 
 impl Progress for Bar {
     fn start(&mut self, first_step: usize, total: usize) {
-        self.0.set_length(total as u64);
-        self.0.set_position(first_step as u64);
+        self.0.reset("training", first_step as u64, total as u64);
     }
-    fn step(&mut self, step: usize, terms: &LossTerms, lr: f64) {
-        self.0.set_position(step as u64);
-        self.0.set_message(format!("loss {:.4} lr {lr:.2e}", terms.total));
+    fn step(&mut self, _step: usize, terms: &LossTerms, lr: f64) {
+        self.0.status(format!("{} lr {lr:.2e}", terms.describe()));
+        self.0.inc(1);
     }
     fn message(&mut self, msg: &str) {
-        self.0.suspend(|| eprintln!("{msg}"));
+        self.0.message(msg);
     }
 }
 
 /// Runs the trainer and says where its files went.
 fn start_training(config: &TrainConfig, resume: Option<&Path>) -> Result<()> {
-    let mut bar = Bar(super::progress_bar(config.steps as u64, "training"));
+    let mut bar = Bar(super::Progress::new("training", config.steps as u64));
     let result = trainer::train(config, resume, &mut bar);
-    bar.0.finish_and_clear();
+    bar.0.finish();
     let done = result?;
     let p = &done.paths;
     eprintln!("wrote {} after {} steps (final loss {:.5})", p.adapter.display(), done.steps, done.last.total);
@@ -338,7 +337,7 @@ mod tests {
         assert!(!c.flip);
         assert_eq!(c.concepts.len(), 1);
         let e = format!("{:#}", parse(&["--config", p, "--rank", "0"]).unwrap_err());
-        assert!(e.contains("run.toml") && e.contains("rank must be at least 1"), "{e}");
+        assert!(e.contains("run.toml") && e.contains("--rank 0 is out of range"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -121,6 +121,10 @@ impl ClipModel {
         if config.text_config.eos_token_id == 2 {
             config.text_config.eos_token_id = tokenizer.eos_id();
         }
+        tokenizer.check_vocab_size(config.text_config.vocab_size, &dir.display().to_string())?;
+        if !(1..=crate::models::config::MAX_DIM).contains(&config.projection_dim) {
+            bail!("{}: projection_dim {} is not between 1 and {}", config_path.display(), config.projection_dim, crate::models::config::MAX_DIM);
+        }
         let w = Weights::open_dir(dir, "model", device)?;
         let vc = &config.vision_config;
         let preprocess_path = dir.join("preprocessor_config.json");
@@ -198,7 +202,7 @@ impl ClipModel {
 
     /// Pixel values (CHW, `crop * crop * 3` floats) of one decoded image, as
     /// `CLIPImageProcessor` with this folder's settings makes them.
-    pub fn pixel_values(&self, img: &RgbImage) -> Vec<f32> {
+    pub fn pixel_values(&self, img: &RgbImage) -> Result<Vec<f32>> {
         let p = &self.preprocess;
         clip_preprocess(img, p.size as u32, p.crop as u32, p.mean, p.std)
     }
@@ -210,7 +214,7 @@ impl ClipModel {
         for chunk in paths.chunks(self.batch_size.max(1)) {
             let pixels = chunk
                 .iter()
-                .map(|p| Ok(self.pixel_values(&load_rgb(p)?)))
+                .map(|p| self.pixel_values(&load_rgb(p)?).with_context(|| p.display().to_string()))
                 .collect::<Result<Vec<_>>>()?;
             out.extend(self.embed_pixels(&pixels)?);
         }
@@ -316,7 +320,7 @@ mod tests {
         let dir = fixtures().join("tiny-clip");
         let files = [dir.join("probe-0.png"), dir.join("probe-1.png")];
         let (_, want) = reference("clip_pixel_values");
-        let got: Vec<f32> = files.iter().flat_map(|f| clip.pixel_values(&load_rgb(f).unwrap())).collect();
+        let got: Vec<f32> = files.iter().flat_map(|f| clip.pixel_values(&load_rgb(f).unwrap()).unwrap()).collect();
         assert_eq!(got.len(), want.len());
         // A different bicubic implementation than PIL's: the fixtures' README allows 2e-2.
         let mean_abs = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum::<f32>() / got.len() as f32;

@@ -4,16 +4,17 @@
 use super::clip::ClipModel;
 use super::metrics;
 use super::report;
+pub use super::results::{EvalResults, ImageRecord, ModelScores};
 use crate::adapters::lora::{Adapter, attach_file};
 use crate::adapters::lora_file;
-use crate::io::image::{a1111_parameters, load_rgb, save_png, tensor_to_rgb8};
+use crate::io::image::{load_rgb, tensor_to_rgb8};
+use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate, seeded_latents};
 use crate::schedulers::SamplerKind;
 use crate::training::trigger::remove_trigger;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
@@ -65,50 +66,6 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
         bail!("{}: no prompts (one a line)", path.display());
     }
     Ok(prompts)
-}
-
-/// The scores of one model (the base model or an adapter).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct ModelScores {
-    pub name: String,
-    pub path: Option<String>,
-    /// Trigger-prompt images against the trigger-less prompt's text.
-    pub prompt_similarity: f64,
-    /// Trigger-prompt images against the training images.
-    pub identity_similarity: f64,
-    /// Trigger-less images against the base model's for the same prompt and seed (`None` for the base).
-    pub kps: Option<f64>,
-    /// Trigger-less images of one prompt among themselves, averaged over prompts.
-    pub diversity: f64,
-    /// Extra measures a caller adds (the demo's ground-truth measures).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub extra: std::collections::BTreeMap<String, f64>,
-}
-
-/// One generated image, by model, prompt, variant and seed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ImageRecord {
-    pub model: String,
-    pub prompt_index: usize,
-    /// `trigger` or `plain`.
-    pub variant: String,
-    pub prompt: String,
-    pub seed: u64,
-    /// Relative to the output folder.
-    pub file: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct EvalResults {
-    pub trigger: String,
-    pub prompts: Vec<String>,
-    pub seeds: Vec<u64>,
-    pub steps: usize,
-    pub sampler: String,
-    pub cfg: f64,
-    pub resolution: usize,
-    pub models: Vec<ModelScores>,
-    pub images: Vec<ImageRecord>,
 }
 
 /// The model names used for folders and tables: `base`, then each adapter's file stem
@@ -163,13 +120,8 @@ pub fn generate_seeded(sd: &StableDiffusion, p: &GenerateParams, seeds: &[u64]) 
 /// `catlora generate` does: `model` is the base model's name, `lora` the adapter in use (written
 /// as a `<lora:name:1>` tag after the prompt).
 pub fn save_generated(path: &Path, rgb: &[u8], p: &GenerateParams, seed: u64, model: &str, lora: Option<&str>) -> Result<()> {
-    let prompt = match lora {
-        Some(name) => format!("{} <lora:{name}:1>", p.prompt),
-        None => p.prompt.clone(),
-    };
-    let (w, h) = (p.width as u32, p.height as u32);
-    let text = a1111_parameters(&prompt, &p.negative_prompt, p.steps, p.sampler.name(), p.cfg as f32, seed, w, h, model, &[]);
-    save_png(path, rgb, w, h, &[("parameters", &text)])
+    let loras: Vec<(String, f32)> = lora.map(|name| (name.to_string(), 1.0)).into_iter().collect();
+    save_with_infotext(path, rgb, &GenerateParams { seed, ..p.clone() }, model, &loras)
 }
 
 /// A model folder's name, for image metadata.
@@ -243,8 +195,8 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
     for (m, name) in names.iter().enumerate() {
         let mut ps = 0.0;
         let mut div = 0.0;
-        for pi in 0..prompts.len() {
-            ps += metrics::prompt_similarity(&text_emb[pi], &select(name, "trigger", Some(pi)))?;
+        for (pi, emb) in text_emb.iter().enumerate().take(prompts.len()) {
+            ps += metrics::prompt_similarity(emb, &select(name, "trigger", Some(pi)))?;
             div += metrics::diversity(&select(name, "plain", Some(pi)))?;
         }
         let n = prompts.len() as f64;

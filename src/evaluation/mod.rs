@@ -4,4 +4,5 @@ pub mod clip;
 pub mod eval;
 pub mod metrics;
 pub mod report;
+pub mod results;
 pub mod score;

@@ -1,6 +1,6 @@
 //! `report.html`: one self-contained page (images inline, no scripts, no network) with the
 //! metrics table, image grids and the training loss curves.
-use super::eval::EvalResults;
+use super::results::EvalResults;
 use anyhow::{Context, Result};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};

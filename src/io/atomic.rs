@@ -1,5 +1,6 @@
-//! Atomic file writes: write to a sibling temporary file, flush it to disk, then rename over the
-//! target, so a crash leaves either the old file or the new one, never half of one.
+//! Atomic file writes: write to a sibling temporary file with an unpredictable name, flush it to
+//! disk, rename it over the target and flush the folder, so a crash leaves either the old file
+//! or the new one, never half of one.
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
@@ -20,20 +21,17 @@ pub fn write_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<(
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = parent.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        fill(&mut f)?;
-        f.sync_all().with_context(|| format!("cannot flush {}", tmp.display()))?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.context(format!("writing {}", path.display())));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(&parent)
+        .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
+    fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("cannot flush the temporary file for {}", path.display()))?;
+    tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot move the temporary file into place as {}: {}", path.display(), e.error))?;
+    // The rename itself is durable once the folder is flushed.
+    if let Ok(dir) = std::fs::File::open(&parent) {
+        let _ = dir.sync_all();
     }
-    std::fs::rename(&tmp, path).with_context(|| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot move {} into place as {}", tmp.display(), path.display())
-    })
+    Ok(())
 }

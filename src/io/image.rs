@@ -67,57 +67,6 @@ pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// AUTOMATIC1111's name for one of our sampler ids, `None` for an unknown id.
-pub fn a1111_sampler_name(id: &str) -> Option<&'static str> {
-    Some(match id {
-        "ddim" => "DDIM",
-        "euler" => "Euler",
-        "euler-a" => "Euler a",
-        "dpmpp-2m" => "DPM++ 2M",
-        "dpmpp-2m-karras" => "DPM++ 2M Karras",
-        _ => return None,
-    })
-}
-
-/// The generation parameters in AUTOMATIC1111's infotext format (the `parameters` text chunk),
-/// which A1111's "PNG Info" tab and civitai read back:
-/// `{prompt}\nNegative prompt: {negative}\nSteps: 30, Sampler: DDIM, CFG scale: 7.5, Seed: 1,
-/// Size: 512x512, Model: name[, Key: value]...`. The negative line is left out when empty, and
-/// values holding `,`, `:` or a newline are JSON-quoted, both as A1111 does. An unknown sampler id
-/// is written as it is.
-#[allow(clippy::too_many_arguments)]
-pub fn a1111_parameters(
-    prompt: &str,
-    negative: &str,
-    steps: usize,
-    sampler: &str,
-    cfg: f32,
-    seed: u64,
-    width: u32,
-    height: u32,
-    model: &str,
-    extra: &[(String, String)],
-) -> String {
-    let mut fields: Vec<(String, String)> = vec![
-        ("Steps".into(), steps.to_string()),
-        ("Sampler".into(), a1111_sampler_name(sampler).unwrap_or(sampler).to_string()),
-        // `{:?}` prints as Python's str(float) does for what a user types: 7.0 → "7.0", 7.5 → "7.5".
-        ("CFG scale".into(), format!("{cfg:?}")),
-        ("Seed".into(), seed.to_string()),
-        ("Size".into(), format!("{width}x{height}")),
-        ("Model".into(), model.to_string()),
-    ];
-    fields.extend(extra.iter().cloned());
-    let params: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {}", a1111_quote(v))).collect();
-    let negative = if negative.is_empty() { String::new() } else { format!("\nNegative prompt: {negative}") };
-    format!("{prompt}{negative}\n{}", params.join(", "))
-}
-
-/// A1111's `infotext_utils.quote`: JSON-quote a value that would otherwise break the `k: v, ...` list.
-fn a1111_quote(v: &str) -> String {
-    if v.contains([',', '\n', ':']) { serde_json::to_string(v).expect("a string serialises") } else { v.to_string() }
-}
-
 // ------------------------------------------------------------------------------------------------
 // Tensors to images
 
@@ -159,13 +108,20 @@ pub fn tensor_to_rgb8(images: Tensor<4>) -> Vec<Vec<u8>> {
 /// Decodes a PNG, JPEG or WebP file (the format is sniffed from the bytes, then the extension) to
 /// 8-bit RGB. Grey is replicated to the three channels, 16-bit samples are scaled to 8 bits, and
 /// alpha is dropped without compositing, as kohya's `Image.convert("RGB")` does.
+/// The header's size is checked against [`crate::limits`] before anything is decoded.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let img = ::image::ImageReader::open(path)
+    crate::limits::check_image_header(path)?;
+    let mut reader = ::image::ImageReader::open(path)
         .with_context(|| format!("cannot open image {}", path.display()))?
         .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode image {}", path.display()))?;
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    // The decoder's own limits too: formats can decode to more than their header says.
+    let mut limits = ::image::Limits::default();
+    limits.max_image_width = Some(crate::limits::MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(crate::limits::MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(crate::limits::MAX_IMAGE_PIXELS * 8);
+    reader.limits(limits);
+    let img = reader.decode().with_context(|| format!("cannot decode image {}", path.display()))?;
     Ok(img.into_rgb8())
 }
 
@@ -184,20 +140,19 @@ pub enum Crop {
 }
 
 /// Resizes the shortest side to `size` with Lanczos3 (antialiased on downscaling, like PIL's
-/// LANCZOS) and crops a `size`×`size` square.
-pub fn resize_and_crop(img: &RgbImage, size: u32, crop: Crop) -> RgbImage {
+/// LANCZOS) and crops a `size`×`size` square. A resize over [`crate::limits::MAX_IMAGE_PIXELS`]
+/// (a long, thin image) is refused.
+pub fn resize_and_crop(img: &RgbImage, size: u32, crop: Crop) -> Result<RgbImage> {
     let (w, h) = img.dimensions();
-    let short = w.min(h).max(1) as f64;
     // Rounded, never below `size`, so the square always fits.
-    let scaled = |side: u32| ((side as f64 * size as f64 / short).round() as u32).max(size);
-    let (nw, nh) = (scaled(w), scaled(h));
+    let (nw, nh) = crate::limits::resized(w, h, size)?;
     let resized = imageops::resize(img, nw, nh, FilterType::Lanczos3);
     let offset = |room: u32, frac: f32| ((frac.clamp(0.0, 1.0) as f64 * room as f64).round() as u32).min(room);
     let (left, top) = match crop {
         Crop::Center => ((nw - size) / 2, (nh - size) / 2),
         Crop::Random { x_frac, y_frac } => (offset(nw - size, x_frac), offset(nh - size, y_frac)),
     };
-    imageops::crop_imm(&resized, left, top, size, size).to_image()
+    Ok(imageops::crop_imm(&resized, left, top, size, size).to_image())
 }
 
 /// Mirrors an image left to right (the `--flip` augmentation).
@@ -233,8 +188,9 @@ pub fn rgb_to_tensor(imgs: &[RgbImage], device: &Device) -> Tensor<4> {
 /// torchvision's antialiased uint8 BICUBIC (Keys cubic, a = -0.5, support 2 widened by the
 /// downscale factor, same pixel centres, weights normalised), run in PIL's pass order with its
 /// 8-bit intermediate; only PIL's fixed-point weights differ, so a pixel is off by at most one level.
-pub fn clip_preprocess(img: &RgbImage, size: u32, crop: u32, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+pub fn clip_preprocess(img: &RgbImage, size: u32, crop: u32, mean: [f32; 3], std: [f32; 3]) -> Result<Vec<f32>> {
     let (w, h) = img.dimensions();
+    crate::limits::resized(w, h, size)?;
     let (short, long) = (w.min(h).max(1) as f64, w.max(h) as f64);
     let long = (size as f64 * long / short) as u32;
     let (nw, nh) = if w <= h { (size, long) } else { (long, size) };
@@ -258,7 +214,7 @@ pub fn clip_preprocess(img: &RgbImage, size: u32, crop: u32, mean: [f32; 3], std
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// File extensions read as images (case-insensitive).
@@ -300,28 +256,11 @@ mod tests {
     }
 
     #[test]
-    fn a1111_parameters_format() {
-        let extra = vec![("Lora hashes".to_string(), "cat: 0123abcd".to_string())];
-        let p = a1111_parameters("a cat", "blurry", 30, "dpmpp-2m-karras", 7.5, 1, 512, 512, "sd15", &extra);
-        assert_eq!(
-            p,
-            "a cat\nNegative prompt: blurry\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1, \
-             Size: 512x512, Model: sd15, Lora hashes: \"cat: 0123abcd\""
-        );
-        let p = a1111_parameters("a dog", "", 20, "euler-a", 7.0, 42, 768, 512, "m", &[]);
-        assert_eq!(p, "a dog\nSteps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 42, Size: 768x512, Model: m");
-        for (id, name) in [("ddim", "DDIM"), ("euler", "Euler"), ("euler-a", "Euler a"), ("dpmpp-2m", "DPM++ 2M")] {
-            assert_eq!(a1111_sampler_name(id), Some(name));
-        }
-        assert_eq!(a1111_sampler_name("lms"), None);
-    }
-
-    #[test]
     fn png_round_trip_text_and_determinism() {
         let d = scratch("roundtrip");
         let (w, h) = (7u32, 5u32);
         let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 256) as u8).collect();
-        let params = a1111_parameters("a cat", "", 10, "ddim", 7.5, 3, w, h, "tiny", &[]);
+        let params = "a cat\nSteps: 10, Sampler: DDIM, CFG scale: 7.5, Seed: 3, Size: 7x5, Model: tiny".to_string();
         let text = [("parameters", params.as_str()), ("comment", "猫 non-Latin-1")];
         let (a, b) = (d.join("a.png"), d.join("b.png"));
         save_png(&a, &rgb, w, h, &text).unwrap();
@@ -402,7 +341,7 @@ mod tests {
         let per = 3 * (crop * crop) as usize;
         let mut all = 0.0f64;
         for (i, name) in ["probe-0.png", "probe-1.png"].iter().enumerate() {
-            let got = clip_preprocess(&load_rgb(&dir.join(name)).unwrap(), size, crop, mean, std);
+            let got = clip_preprocess(&load_rgb(&dir.join(name)).unwrap(), size, crop, mean, std).unwrap();
             assert_eq!(got.len(), per);
             let want = &expected[i * per..(i + 1) * per];
             let diffs: Vec<f32> = got.iter().zip(want).map(|(a, b)| (a - b).abs()).collect();
@@ -418,15 +357,15 @@ mod tests {
     fn training_preprocessing() {
         // 6x4 image whose pixel value encodes its position.
         let img = RgbImage::from_fn(6, 4, |x, y| ::image::Rgb([(x * 40) as u8, (y * 60) as u8, 7]));
-        let c = resize_and_crop(&img, 4, Crop::Center);
+        let c = resize_and_crop(&img, 4, Crop::Center).unwrap();
         assert_eq!(c.dimensions(), (4, 4));
         assert_eq!(c.get_pixel(0, 0)[0], 40); // no resize needed: columns 1..5 kept
-        let left = resize_and_crop(&img, 4, Crop::Random { x_frac: 0.0, y_frac: 0.5 });
-        let right = resize_and_crop(&img, 4, Crop::Random { x_frac: 1.0, y_frac: 0.5 });
+        let left = resize_and_crop(&img, 4, Crop::Random { x_frac: 0.0, y_frac: 0.5 }).unwrap();
+        let right = resize_and_crop(&img, 4, Crop::Random { x_frac: 1.0, y_frac: 0.5 }).unwrap();
         assert_eq!((left.get_pixel(0, 0)[0], right.get_pixel(3, 0)[0]), (0, 200));
-        let small = resize_and_crop(&img, 2, Crop::Center);
+        let small = resize_and_crop(&img, 2, Crop::Center).unwrap();
         assert_eq!(small.dimensions(), (2, 2));
-        let big = resize_and_crop(&img, 8, Crop::Center);
+        let big = resize_and_crop(&img, 8, Crop::Center).unwrap();
         assert_eq!(big.dimensions(), (8, 8));
 
         let f = flip_horizontal(&img);

@@ -1,12 +1,17 @@
 //! Reader and writer for the safetensors format (8-byte header length, JSON header, raw data).
 //!
-//! Written here rather than taken from a crate so that every failure names the file and tensor,
-//! and so that half-precision weights are upcast while reading from a memory map.
+//! The header is validated by the reference implementation (the `safetensors` crate, fuzzed
+//! upstream: sizes with checked arithmetic, offsets contiguous from 0 to the end of the file);
+//! values are read from a memory map and upcast to f32 here, and every failure names the file
+//! and tensor. Model and adapter weights are read with [`SafeTensorsFile::f32_finite`], which
+//! refuses NaN and infinities by name.
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The element types catlora reads; any other type the format allows is kept by name and
+/// refused when the tensor is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
     F32,
@@ -15,35 +20,31 @@ pub enum Dtype {
     F64,
     I64,
     I32,
+    Other(safetensors::Dtype),
 }
 
 impl Dtype {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "F32" => Dtype::F32,
-            "F16" => Dtype::F16,
-            "BF16" => Dtype::BF16,
-            "F64" => Dtype::F64,
-            "I64" => Dtype::I64,
-            "I32" => Dtype::I32,
-            _ => return None,
-        })
-    }
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 | Dtype::I32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::F64 | Dtype::I64 => 8,
+    fn of(d: safetensors::Dtype) -> Self {
+        use safetensors::Dtype as S;
+        match d {
+            S::F32 => Dtype::F32,
+            S::F16 => Dtype::F16,
+            S::BF16 => Dtype::BF16,
+            S::F64 => Dtype::F64,
+            S::I64 => Dtype::I64,
+            S::I32 => Dtype::I32,
+            other => Dtype::Other(other),
         }
     }
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Dtype::F32 => "F32",
-            Dtype::F16 => "F16",
-            Dtype::BF16 => "BF16",
-            Dtype::F64 => "F64",
-            Dtype::I64 => "I64",
-            Dtype::I32 => "I32",
+            Dtype::F32 => "F32".into(),
+            Dtype::F16 => "F16".into(),
+            Dtype::BF16 => "BF16".into(),
+            Dtype::F64 => "F64".into(),
+            Dtype::I64 => "I64".into(),
+            Dtype::I32 => "I32".into(),
+            Dtype::Other(d) => format!("{d:?}"),
         }
     }
 }
@@ -110,10 +111,7 @@ impl SafeTensorsFile {
         let values = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                .collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect(),
             Dtype::F64 => bytes
                 .chunks_exact(8)
                 .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
@@ -121,6 +119,16 @@ impl SafeTensorsFile {
             other => bail!("{}: tensor `{name}` has dtype {} where a float is expected", self.path.display(), other.name()),
         };
         Ok((info.shape.clone(), values))
+    }
+
+    /// [`Self::f32`], refusing NaN and infinite values (weights and adapters: one would make
+    /// every image black).
+    pub fn f32_finite(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (shape, values) = self.f32(name)?;
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            bail!("{}: tensor `{name}` holds a non-finite value ({v} at flat index {i})", self.path.display());
+        }
+        Ok((shape, values))
     }
 
     /// The tensor's values as i64 (for token ids and similar).
@@ -135,123 +143,83 @@ impl SafeTensorsFile {
     }
 }
 
-fn parse_header(bytes: &[u8]) -> Result<(usize, BTreeMap<String, TensorInfo>, BTreeMap<String, String>)> {
-    if bytes.len() < 8 {
-        bail!("file is {} bytes long, shorter than the 8-byte header length", bytes.len());
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    if n > bytes.len() - 8 {
-        bail!("header claims {n} bytes but the file has {} (truncated?)", bytes.len() - 8);
-    }
-    let header: Map<String, Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).context("header is not a JSON object")?;
-    let data_len = bytes.len() - 8 - n;
-    let mut tensors = BTreeMap::new();
-    let mut metadata = BTreeMap::new();
-    for (name, v) in header {
-        if name == "__metadata__" {
-            if let Value::Object(m) = v {
-                for (k, v) in m {
-                    let s = match v {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    metadata.insert(k, s);
-                }
-            }
-            continue;
-        }
-        let dtype_s = v.get("dtype").and_then(Value::as_str).with_context(|| format!("tensor `{name}` has no dtype"))?;
-        let dtype = Dtype::parse(dtype_s).with_context(|| format!("tensor `{name}` has unsupported dtype {dtype_s}"))?;
-        let shape: Vec<usize> = v
-            .get("shape")
-            .and_then(Value::as_array)
-            .with_context(|| format!("tensor `{name}` has no shape"))?
-            .iter()
-            .map(|d| d.as_u64().map(|d| d as usize))
-            .collect::<Option<_>>()
-            .with_context(|| format!("tensor `{name}` has a malformed shape"))?;
-        let offs = v
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .with_context(|| format!("tensor `{name}` has no data_offsets"))?;
-        let (start, end) = match (offs.first().and_then(Value::as_u64), offs.get(1).and_then(Value::as_u64)) {
-            (Some(a), Some(b)) => (a as usize, b as usize),
-            _ => bail!("tensor `{name}` has malformed data_offsets"),
-        };
-        let expected = shape.iter().product::<usize>() * dtype.size();
-        if end < start || end - start != expected {
-            bail!("tensor `{name}` spans {} bytes but shape {:?} of {} needs {expected}", end.saturating_sub(start), shape, dtype.name());
-        }
-        if end > data_len {
-            bail!("tensor `{name}` ends at byte {end} but the data section has {data_len} bytes (truncated file)");
-        }
-        tensors.insert(name, TensorInfo { dtype, shape, start, end });
-    }
+type Header = (usize, BTreeMap<String, TensorInfo>, BTreeMap<String, String>);
+
+/// Validates safetensors bytes as [`SafeTensorsFile::open`] does; the number of tensors.
+pub fn check_bytes(bytes: &[u8]) -> Result<usize> {
+    Ok(parse_header(bytes)?.1.len())
+}
+
+fn parse_header(bytes: &[u8]) -> Result<Header> {
+    let (n, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| describe(e, bytes))?;
+    let tensors = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (start, end) = info.data_offsets;
+            (name, TensorInfo { dtype: Dtype::of(info.dtype), shape: info.shape.clone(), start, end })
+        })
+        .collect();
+    let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
     Ok((8 + n, tensors, metadata))
+}
+
+/// The reference implementation's error in words, naming the tensor where it can be found.
+fn describe(e: safetensors::SafeTensorError, bytes: &[u8]) -> anyhow::Error {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => anyhow::anyhow!("file is {} bytes long, shorter than the 8-byte header length", bytes.len()),
+        E::HeaderTooLarge | E::InvalidHeaderLength => {
+            let n = bytes.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+            anyhow::anyhow!("header claims {n} bytes but the file has {} after the length (truncated?)", bytes.len().saturating_sub(8))
+        }
+        E::InvalidHeader(_) | E::InvalidHeaderStart => anyhow::anyhow!("the header is not UTF-8 JSON"),
+        E::InvalidHeaderDeserialization(err) => anyhow::anyhow!("the header is not a valid safetensors header: {err}"),
+        E::InvalidOffset(name) => anyhow::anyhow!("tensor `{name}`: its data offsets overlap another tensor's or leave a gap"),
+        E::ValidationOverflow => anyhow::anyhow!("a tensor's shape is too large to address ({})", inconsistent_tensor(bytes)),
+        E::TensorInvalidInfo => anyhow::anyhow!("a tensor's data offsets do not fit its shape and dtype ({})", inconsistent_tensor(bytes)),
+        E::MetadataIncompleteBuffer => anyhow::anyhow!("the data section is not exactly the tensors' bytes (truncated file, or trailing data)"),
+        other => anyhow::anyhow!("{other:?}"),
+    }
+}
+
+/// Names the first tensor whose shape, dtype and offsets disagree (for error messages).
+fn inconsistent_tensor(bytes: &[u8]) -> String {
+    let header = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+        .and_then(|h| serde_json::from_slice::<Map<String, Value>>(h).ok());
+    let Some(header) = header else { return "unreadable header".into() };
+    for (name, v) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let size = v.get("dtype").and_then(Value::as_str).and_then(|d| match d {
+            "F64" | "I64" | "U64" => Some(8u64),
+            "F32" | "I32" | "U32" => Some(4),
+            "F16" | "BF16" | "I16" | "U16" => Some(2),
+            "I8" | "U8" | "BOOL" => Some(1),
+            _ => None,
+        });
+        let shape: Option<Vec<u64>> = v.get("shape").and_then(Value::as_array).and_then(|a| a.iter().map(Value::as_u64).collect());
+        let offsets: Option<Vec<u64>> = v.get("data_offsets").and_then(Value::as_array).and_then(|a| a.iter().map(Value::as_u64).collect());
+        let (Some(size), Some(shape), Some(offsets)) = (size, shape, offsets) else { continue };
+        let need = shape.iter().try_fold(size, |a, &d| a.checked_mul(d));
+        let span = offsets.get(1).zip(offsets.first()).and_then(|(e, s)| e.checked_sub(*s));
+        if need.is_none() || need != span {
+            let need = need.map_or("more than 2^64".to_string(), |n| n.to_string());
+            return format!("tensor `{name}`: shape {shape:?} needs {need} bytes, its offsets span {span:?}");
+        }
+    }
+    "no single tensor to blame".into()
 }
 
 /// IEEE half to single precision.
 pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = if exp == 0 {
-        if mant == 0 {
-            sign
-        } else {
-            // Subnormal: normalise the mantissa.
-            let mut e = 127 - 15 + 1;
-            let mut m = mant;
-            while m & 0x400 == 0 {
-                m <<= 1;
-                e -= 1;
-            }
-            sign | ((e as u32) << 23) | ((m & 0x3ff) << 13)
-        }
-    } else if exp == 0x1f {
-        sign | 0x7f80_0000 | (mant << 13)
-    } else {
-        sign | ((exp + 127 - 15) << 23) | (mant << 13)
-    };
-    f32::from_bits(bits)
+    half::f16::from_bits(h).to_f32()
 }
 
 /// IEEE single to half precision, rounding to nearest even (overflow to infinity).
 pub fn f32_to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let mant = bits & 0x7f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        // Subnormal: shift the mantissa (with its implicit one) right, rounding to nearest even.
-        let m = mant | 0x80_0000;
-        let shift = (14 - e) as u32;
-        let half = 1u32 << (shift - 1);
-        let rest = m & ((1u32 << shift) - 1);
-        let mut h = (m >> shift) as u16;
-        if rest > half || (rest == half && (h & 1) == 1) {
-            h += 1;
-        }
-        return sign | h;
-    }
-    let mut h = ((e as u32) << 10 | (mant >> 13)) as u16;
-    let rest = mant & 0x1fff;
-    if rest > 0x1000 || (rest == 0x1000 && (h & 1) == 1) {
-        // May carry into the exponent, which is the correct rounding (up to infinity).
-        h += 1;
-    }
-    sign | h
+    half::f16::from_f32(x).to_bits()
 }
 
 /// A tensor to be written: f32 values with a shape.

@@ -8,7 +8,7 @@ use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 
-fn data<T: Real>(t: &FlexTensor) -> (FlexTensor, Vec<usize>) {
+fn data(t: &FlexTensor) -> (FlexTensor, Vec<usize>) {
     let t = t.to_contiguous();
     let shape = t.layout().shape().to_vec();
     (t, shape)
@@ -27,19 +27,19 @@ fn options() -> ConvOptions<2> {
 }
 
 fn conv_forward<T: Real>(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-    let (x, xs) = data::<T>(&x);
-    let (w, ws) = data::<T>(&weight);
-    let (b, _) = data::<T>(&bias);
+    let (x, xs) = data(&x);
+    let (w, ws) = data(&weight);
+    let (b, _) = data(&bias);
     let (n, c, h, wd, o) = (xs[0], xs[1], xs[2], xs[3], ws[0]);
     tensor(conv3x3::forward(slice::<T>(&x), n, c, h, wd, slice::<T>(&w), o, slice::<T>(&b)), vec![n, o, h, wd])
 }
 
-type Grads3 = (Option<FlexTensor>, Option<FlexTensor>, Option<FlexTensor>);
+type Grads3 = super::OptionalGrads<Flex>;
 
 fn conv_backward<T: Real>(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, needed: Needed) -> Grads3 {
-    let (x, xs) = data::<T>(&x);
-    let (w, ws) = data::<T>(&weight);
-    let (g, _) = data::<T>(&grad);
+    let (x, xs) = data(&x);
+    let (w, ws) = data(&weight);
+    let (g, _) = data(&grad);
     let (n, c, h, wd, o) = (xs[0], xs[1], xs[2], xs[3], ws[0]);
     let (dx, dw, db) = conv3x3::backward(slice::<T>(&x), n, c, h, wd, slice::<T>(&w), o, slice::<T>(&g), needed);
     (needed.input.then(|| tensor(dx, xs)), needed.weight.then(|| tensor(dw, ws)), needed.bias.then(|| tensor(db, vec![o])))
@@ -50,18 +50,18 @@ fn dims(shape: &[usize], groups: usize) -> Dims {
 }
 
 fn gn_forward<T: Real>(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, groups: usize, eps: f64, silu: bool) -> FlexTensor {
-    let (x, xs) = data::<T>(&x);
-    let (w, _) = data::<T>(&weight);
-    let (b, _) = data::<T>(&bias);
+    let (x, xs) = data(&x);
+    let (w, _) = data(&weight);
+    let (b, _) = data(&bias);
     tensor(group_norm::forward(slice::<T>(&x), dims(&xs, groups), slice::<T>(&w), slice::<T>(&b), eps, silu), xs)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn gn_backward<T: Real>(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, groups: usize, eps: f64, silu: bool, grad: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let (x, xs) = data::<T>(&x);
-    let (w, ws) = data::<T>(&weight);
-    let (b, _) = data::<T>(&bias);
-    let (g, _) = data::<T>(&grad);
+    let (x, xs) = data(&x);
+    let (w, ws) = data(&weight);
+    let (b, _) = data(&bias);
+    let (g, _) = data(&grad);
     let (dx, dw, db) = group_norm::backward(slice::<T>(&x), dims(&xs, groups), slice::<T>(&w), slice::<T>(&b), eps, silu, slice::<T>(&g));
     (tensor(dx, xs), tensor(dw, ws.clone()), tensor(db, ws))
 }
@@ -71,9 +71,9 @@ fn attention_dims(q: &[usize], k: &[usize], heads: usize, causal: bool) -> atten
 }
 
 fn attention_forward<T: Real>(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> (FlexTensor, FlexTensor) {
-    let (q, qs) = data::<T>(&q);
-    let (k, ks) = data::<T>(&k);
-    let (v, _) = data::<T>(&v);
+    let (q, qs) = data(&q);
+    let (k, ks) = data(&k);
+    let (v, _) = data(&v);
     let dims = attention_dims(&qs, &ks, heads, causal);
     let (out, lse) = attention::forward(slice::<T>(&q), slice::<T>(&k), slice::<T>(&v), dims);
     (tensor(out, qs.clone()), tensor(lse, vec![qs[0], heads, qs[1]]))
@@ -90,12 +90,12 @@ fn attention_grads<T: Real>(
     heads: usize,
     causal: bool,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let (q, qs) = data::<T>(&q);
-    let (k, ks) = data::<T>(&k);
-    let (v, _) = data::<T>(&v);
-    let (o, _) = data::<T>(&out);
-    let (l, _) = data::<T>(&lse);
-    let (g, _) = data::<T>(&grad);
+    let (q, qs) = data(&q);
+    let (k, ks) = data(&k);
+    let (v, _) = data(&v);
+    let (o, _) = data(&out);
+    let (l, _) = data(&lse);
+    let (g, _) = data(&grad);
     let dims = attention_dims(&qs, &ks, heads, causal);
     let (dq, dk, dv) = attention::backward(slice::<T>(&q), slice::<T>(&k), slice::<T>(&v), slice::<T>(&o), slice::<T>(&l), slice::<T>(&g), dims);
     (tensor(dq, qs), tensor(dk, ks.clone()), tensor(dv, ks))

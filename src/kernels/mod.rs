@@ -57,6 +57,9 @@ pub trait KernelOps: Backend {
     fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, heads: usize, causal: bool) -> FloatTensor<Self>;
 }
 
+/// Input, weight and bias gradients, each computed only when needed.
+pub type OptionalGrads<B> = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
 /// The backward passes the autodiff wrapper calls on the inner backend.
 pub trait KernelBackward: Backend {
     /// The gradients of `x`, `weight` and `bias` from the output gradient, each only when needed.
@@ -65,7 +68,7 @@ pub trait KernelBackward: Backend {
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         needed: conv3x3::Needed,
-    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>);
+    ) -> OptionalGrads<Self>;
 
     /// The gradients of `x`, `weight` and `bias` of [`KernelOps::group_norm`].
     #[allow(clippy::too_many_arguments)]

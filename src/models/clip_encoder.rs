@@ -1,6 +1,7 @@
 //! One pre-norm CLIP encoder layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp.fc1/fc2`),
 //! shared by the text transformer (causal attention) and the vision transformer.
 use super::layers::{Attention, LayerNorm, Linear, LoraTarget, ParamVisitor, gelu, join, quick_gelu};
+use super::config::Activation;
 use super::weights::Weights;
 use anyhow::Result;
 use burn::tensor::Tensor;
@@ -16,7 +17,7 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
-    pub fn load(w: &Weights, prefix: &str, hidden: usize, intermediate: usize, heads: usize, eps: f64, act: &str) -> Result<Self> {
+    pub fn load(w: &Weights, prefix: &str, hidden: usize, intermediate: usize, heads: usize, eps: f64, act: Activation) -> Result<Self> {
         let p = |s: &str| join(prefix, s);
         Ok(Self {
             layer_norm1: LayerNorm::load(w, &p("layer_norm1"), hidden, eps)?,
@@ -31,7 +32,7 @@ impl ClipEncoderLayer {
             layer_norm2: LayerNorm::load(w, &p("layer_norm2"), hidden, eps)?,
             fc1: Linear::load(w, &p("mlp.fc1"), hidden, intermediate, true)?,
             fc2: Linear::load(w, &p("mlp.fc2"), intermediate, hidden, true)?,
-            quick: act == "quick_gelu",
+            quick: act == Activation::QuickGelu,
         })
     }
 

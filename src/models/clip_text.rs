@@ -33,7 +33,7 @@ impl ClipTextModel {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let l = p(&format!("encoder.layers.{i}"));
-            layers.push(ClipEncoderLayer::load(w, &l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, &c.hidden_act)?);
+            layers.push(ClipEncoderLayer::load(w, &l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, c.hidden_act)?);
         }
         Ok(Self {
             config: c.clone(),

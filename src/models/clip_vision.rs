@@ -2,6 +2,7 @@
 //! a class token and position embeddings, `pre_layrnorm`, pre-norm bidirectional encoder layers,
 //! and `post_layernorm` on the class token. Used by the evaluation metrics through `CLIPModel`.
 pub use super::clip_encoder::ClipEncoderLayer;
+use super::config::{Activation, MAX_DIM};
 use super::layers::{LayerNorm, ParamVisitor, join};
 use super::weights::Weights;
 use anyhow::{Result, bail};
@@ -13,67 +14,66 @@ use serde::Deserialize;
 /// The `vision_config` of a `CLIPModel` `config.json`. Defaults are transformers'
 /// `CLIPVisionConfig` defaults, since older files leave some fields out.
 #[derive(Deserialize, Clone, Debug)]
+#[serde(default)]
 pub struct ClipVisionConfig {
-    #[serde(default = "d_hidden")]
     pub hidden_size: usize,
-    #[serde(default = "d_intermediate")]
     pub intermediate_size: usize,
-    #[serde(default = "d_twelve")]
     pub num_attention_heads: usize,
-    #[serde(default = "d_twelve")]
     pub num_hidden_layers: usize,
-    #[serde(default = "d_image")]
     pub image_size: usize,
-    #[serde(default = "d_patch")]
     pub patch_size: usize,
-    #[serde(default = "d_channels")]
     pub num_channels: usize,
-    #[serde(default = "d_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "d_act")]
-    pub hidden_act: String,
+    pub hidden_act: Activation,
 }
 
-fn d_hidden() -> usize {
-    768
-}
-fn d_intermediate() -> usize {
-    3072
-}
-fn d_twelve() -> usize {
-    12
-}
-fn d_image() -> usize {
-    224
-}
-fn d_patch() -> usize {
-    32
-}
-fn d_channels() -> usize {
-    3
-}
-fn d_eps() -> f64 {
-    1e-5
-}
-fn d_act() -> String {
-    "quick_gelu".into()
+impl Default for ClipVisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_attention_heads: 12,
+            num_hidden_layers: 12,
+            image_size: 224,
+            patch_size: 32,
+            num_channels: 3,
+            layer_norm_eps: 1e-5,
+            hidden_act: Activation::QuickGelu,
+        }
+    }
 }
 
 impl ClipVisionConfig {
     /// Rejects what this implementation does not do, naming the field and value.
     pub fn check(&self) -> Result<()> {
-        if self.hidden_act != "quick_gelu" && self.hidden_act != "gelu" {
-            bail!("vision_config.hidden_act `{}` is not supported (quick_gelu, gelu)", self.hidden_act);
+        if self.hidden_act == Activation::Silu {
+            bail!("vision_config.hidden_act silu is not supported (quick_gelu, gelu)");
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        for (field, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("num_channels", self.num_channels),
+        ] {
+            if !(1..=MAX_DIM).contains(&v) {
+                bail!("vision_config.{field} is {v}; it must be between 1 and {MAX_DIM}");
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size,
                 self.num_attention_heads
             );
         }
-        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             bail!("vision_config.image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size);
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            bail!("vision_config.layer_norm_eps {} is not a positive finite number", self.layer_norm_eps);
         }
         Ok(())
     }
@@ -106,7 +106,7 @@ impl ClipVisionModel {
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let l = k(&format!("encoder.layers.{i}"));
-                ClipEncoderLayer::load(w, &l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, &c.hidden_act)
+                ClipEncoderLayer::load(w, &l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, c.hidden_act)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {

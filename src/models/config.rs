@@ -1,7 +1,9 @@
 //! Model configurations, deserialised straight from the diffusers / transformers `config.json`
-//! files. Options that change the architecture in ways this crate does not implement are
-//! rejected with an error naming the field, never guessed.
-use anyhow::{Context, Result, bail};
+//! files, with their libraries' defaults. Choices are enums (an unknown value is an error that
+//! names it), options that change the architecture in ways this crate does not implement are
+//! rejected by name, and every number that divides, indexes or sizes something is checked when
+//! the file is read, so a hand-edited config gives an error instead of a crash later.
+use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -10,6 +12,22 @@ use std::path::Path;
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
+}
+
+/// The largest channel count, width or layer count a config may ask for: far above any Stable
+/// Diffusion or CLIP model, far below sizes whose arithmetic could overflow.
+pub const MAX_DIM: usize = 1 << 16;
+
+/// Checks that `value` of `field` lies in `1..=MAX_DIM`.
+fn dim(field: &str, value: usize) -> Result<()> {
+    ensure!((1..=MAX_DIM).contains(&value), "`{field}` is {value}; it must be between 1 and {MAX_DIM}");
+    Ok(())
+}
+
+/// Checks that `value` of `field` is finite and positive.
+fn positive(field: &str, value: f64) -> Result<()> {
+    ensure!(value.is_finite() && value > 0.0, "`{field}` is {value}; it must be a positive finite number");
+    Ok(())
 }
 
 /// A number or one number per UNet level (diffusers accepts both for several fields).
@@ -22,128 +40,128 @@ pub enum PerLevel {
 
 impl PerLevel {
     pub fn resolve(&self, levels: usize, field: &str) -> Result<Vec<usize>> {
-        match self {
-            PerLevel::One(n) => Ok(vec![*n; levels]),
-            PerLevel::Each(v) if v.len() == levels => Ok(v.clone()),
+        let v = match self {
+            PerLevel::One(n) => vec![*n; levels],
+            PerLevel::Each(v) if v.len() == levels => v.clone(),
             PerLevel::Each(v) => bail!("`{field}` lists {} values for {levels} UNet levels", v.len()),
+        };
+        for (i, &n) in v.iter().enumerate() {
+            dim(&format!("{field}[{i}]"), n)?;
         }
+        Ok(v)
     }
 }
 
-fn default_act() -> String {
-    "silu".into()
-}
-fn default_groups() -> usize {
-    32
-}
-fn default_eps() -> f64 {
-    1e-5
-}
-fn one() -> usize {
-    1
-}
-fn one_f() -> f64 {
-    1.0
-}
-fn default_true() -> bool {
-    true
-}
-fn positional() -> String {
-    "positional".into()
-}
-fn default_shift() -> String {
-    "default".into()
-}
-fn default_mid() -> Option<String> {
-    Some("UNetMidBlock2DCrossAttn".into())
-}
-fn default_kernel() -> usize {
-    3
-}
-fn default_scaling() -> f64 {
-    0.18215
-}
-fn default_transformer_layers() -> PerLevel {
-    PerLevel::One(1)
+/// Activation functions by their config names.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Silu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// CLIP's `x · sigmoid(1.702 x)`.
+    QuickGelu,
 }
 
-/// `unet/config.json` of a `UNet2DConditionModel`.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownBlock {
+    CrossAttnDownBlock2D,
+    DownBlock2D,
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpBlock {
+    CrossAttnUpBlock2D,
+    UpBlock2D,
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MidBlock {
+    UNetMidBlock2DCrossAttn,
+}
+
+/// `unet/config.json` of a `UNet2DConditionModel`, with diffusers' defaults.
 #[derive(Deserialize, Clone, Debug)]
+#[serde(default)]
 pub struct UNetConfig {
-    #[serde(default = "default_in")]
     pub in_channels: usize,
-    #[serde(default = "default_in")]
     pub out_channels: usize,
     pub block_out_channels: Vec<usize>,
-    pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
-    #[serde(default = "default_mid")]
-    pub mid_block_type: Option<String>,
-    #[serde(default = "default_layers")]
+    pub down_block_types: Vec<DownBlock>,
+    pub up_block_types: Vec<UpBlock>,
+    pub mid_block_type: Option<MidBlock>,
     pub layers_per_block: usize,
     /// Despite its name, diffusers uses this as the number of heads when `num_attention_heads`
     /// is unset (true of every SD 1.x / 2.x config).
-    #[serde(default = "default_head_dim")]
     pub attention_head_dim: PerLevel,
-    #[serde(default)]
     pub num_attention_heads: Option<PerLevel>,
     pub cross_attention_dim: usize,
-    #[serde(default)]
     pub use_linear_projection: bool,
-    #[serde(default = "default_groups")]
     pub norm_num_groups: usize,
-    #[serde(default = "default_eps")]
     pub norm_eps: f64,
-    #[serde(default = "one")]
     pub downsample_padding: usize,
-    #[serde(default = "one_f")]
     pub mid_block_scale_factor: f64,
-    #[serde(default = "default_true")]
     pub flip_sin_to_cos: bool,
-    #[serde(default)]
     pub freq_shift: f64,
-    #[serde(default)]
     pub upcast_attention: bool,
-    #[serde(default)]
     pub sample_size: Option<usize>,
-    #[serde(default = "default_act")]
-    pub act_fn: String,
-    #[serde(default = "default_transformer_layers")]
+    pub act_fn: Activation,
     pub transformer_layers_per_block: PerLevel,
-    #[serde(default)]
+    // Options that change the architecture; only their diffusers defaults are implemented.
     pub only_cross_attention: serde_json::Value,
-    #[serde(default)]
     pub dual_cross_attention: bool,
-    #[serde(default)]
     pub class_embed_type: Option<String>,
-    #[serde(default)]
     pub addition_embed_type: Option<String>,
-    #[serde(default)]
     pub encoder_hid_dim: Option<usize>,
-    #[serde(default = "positional")]
     pub time_embedding_type: String,
-    #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
-    #[serde(default = "default_shift")]
     pub resnet_time_scale_shift: String,
-    #[serde(default = "default_kernel")]
     pub conv_in_kernel: usize,
-    #[serde(default = "default_kernel")]
     pub conv_out_kernel: usize,
-    #[serde(default)]
     pub center_input_sample: bool,
-    #[serde(default)]
     pub num_class_embeds: Option<usize>,
 }
 
-fn default_in() -> usize {
-    4
-}
-fn default_layers() -> usize {
-    2
-}
-fn default_head_dim() -> PerLevel {
-    PerLevel::One(8)
+impl Default for UNetConfig {
+    fn default() -> Self {
+        use DownBlock::*;
+        use UpBlock::*;
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            down_block_types: vec![CrossAttnDownBlock2D, CrossAttnDownBlock2D, CrossAttnDownBlock2D, DownBlock2D],
+            up_block_types: vec![UpBlock2D, CrossAttnUpBlock2D, CrossAttnUpBlock2D, CrossAttnUpBlock2D],
+            mid_block_type: Some(MidBlock::UNetMidBlock2DCrossAttn),
+            layers_per_block: 2,
+            attention_head_dim: PerLevel::One(8),
+            num_attention_heads: None,
+            cross_attention_dim: 1280,
+            use_linear_projection: false,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            upcast_attention: false,
+            sample_size: None,
+            act_fn: Activation::Silu,
+            transformer_layers_per_block: PerLevel::One(1),
+            only_cross_attention: serde_json::Value::Null,
+            dual_cross_attention: false,
+            class_embed_type: None,
+            addition_embed_type: None,
+            encoder_hid_dim: None,
+            time_embedding_type: "positional".into(),
+            time_cond_proj_dim: None,
+            resnet_time_scale_shift: "default".into(),
+            conv_in_kernel: 3,
+            conv_out_kernel: 3,
+            center_input_sample: false,
+            num_class_embeds: None,
+        }
+    }
 }
 
 impl UNetConfig {
@@ -153,28 +171,17 @@ impl UNetConfig {
         Ok(c)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let n = self.block_out_channels.len();
-        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+        if n == 0 || n > 8 || self.down_block_types.len() != n || self.up_block_types.len() != n {
             bail!(
-                "block_out_channels ({n}), down_block_types ({}) and up_block_types ({}) must have the same non-zero length",
+                "block_out_channels ({n}), down_block_types ({}) and up_block_types ({}) must have the same length, 1 to 8",
                 self.down_block_types.len(),
                 self.up_block_types.len()
             );
         }
-        for t in &self.down_block_types {
-            if t != "CrossAttnDownBlock2D" && t != "DownBlock2D" {
-                bail!("down block type `{t}` is not supported (CrossAttnDownBlock2D, DownBlock2D)");
-            }
-        }
-        for t in &self.up_block_types {
-            if t != "CrossAttnUpBlock2D" && t != "UpBlock2D" {
-                bail!("up block type `{t}` is not supported (CrossAttnUpBlock2D, UpBlock2D)");
-            }
-        }
-        match self.mid_block_type.as_deref() {
-            Some("UNetMidBlock2DCrossAttn") => {}
-            other => bail!("mid_block_type {other:?} is not supported (UNetMidBlock2DCrossAttn)"),
+        if self.mid_block_type.is_none() {
+            bail!("`mid_block_type` null (no middle block) is not supported");
         }
         let unsupported = [
             ("class_embed_type", self.class_embed_type.is_some()),
@@ -187,7 +194,7 @@ impl UNetConfig {
             ("only_cross_attention", !matches!(self.only_cross_attention, serde_json::Value::Null | serde_json::Value::Bool(false))),
             ("time_embedding_type", self.time_embedding_type != "positional"),
             ("resnet_time_scale_shift", self.resnet_time_scale_shift != "default"),
-            ("act_fn", self.act_fn != "silu"),
+            ("act_fn", self.act_fn != Activation::Silu),
             ("conv_in_kernel", self.conv_in_kernel != 3),
             ("conv_out_kernel", self.conv_out_kernel != 3),
         ];
@@ -196,13 +203,34 @@ impl UNetConfig {
                 bail!("option `{field}` has a value this implementation does not support");
             }
         }
-        self.heads()?;
-        self.transformer_layers_per_block.resolve(n, "transformer_layers_per_block")?;
-        for (i, &c) in self.block_out_channels.iter().enumerate() {
-            if c % self.norm_num_groups != 0 {
-                bail!("block_out_channels[{i}] = {c} is not divisible by norm_num_groups = {}", self.norm_num_groups);
-            }
+        for (field, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("layers_per_block", self.layers_per_block),
+            ("cross_attention_dim", self.cross_attention_dim),
+            ("norm_num_groups", self.norm_num_groups),
+        ] {
+            dim(field, v)?;
         }
+        ensure!(self.downsample_padding <= 1, "`downsample_padding` is {}; 0 or 1 are supported", self.downsample_padding);
+        positive("norm_eps", self.norm_eps)?;
+        ensure!(self.freq_shift.is_finite() && self.freq_shift.abs() < 1e6, "`freq_shift` {} is not a usable number", self.freq_shift);
+        if let Some(s) = self.sample_size {
+            dim("sample_size", s)?;
+        }
+        let heads = self.heads()?;
+        let depth = self.transformer_layers_per_block.resolve(n, "transformer_layers_per_block")?;
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            dim(&format!("block_out_channels[{i}]"), c)?;
+            ensure!(c.is_multiple_of(self.norm_num_groups), "block_out_channels[{i}] = {c} is not divisible by norm_num_groups = {}", self.norm_num_groups);
+            ensure!(c.is_multiple_of(heads[i]), "block_out_channels[{i}] = {c} is not divisible by its {} attention heads", heads[i]);
+            ensure!(depth[i] <= 64, "transformer_layers_per_block[{i}] = {} is more than 64", depth[i]);
+        }
+        ensure!(
+            self.block_out_channels[0] * 4 <= MAX_DIM,
+            "block_out_channels[0] = {} makes a time embedding wider than {MAX_DIM}",
+            self.block_out_channels[0]
+        );
         Ok(())
     }
 
@@ -221,68 +249,91 @@ impl UNetConfig {
     }
 }
 
-/// `vae/config.json` of an `AutoencoderKL`.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaeDownBlock {
+    DownEncoderBlock2D,
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaeUpBlock {
+    UpDecoderBlock2D,
+}
+
+/// `vae/config.json` of an `AutoencoderKL`, with diffusers' defaults.
 #[derive(Deserialize, Clone, Debug)]
+#[serde(default)]
 pub struct VaeConfig {
-    #[serde(default = "three")]
     pub in_channels: usize,
-    #[serde(default = "three")]
     pub out_channels: usize,
     pub block_out_channels: Vec<usize>,
-    #[serde(default)]
-    pub down_block_types: Vec<String>,
-    #[serde(default)]
-    pub up_block_types: Vec<String>,
-    #[serde(default = "one")]
+    pub down_block_types: Vec<VaeDownBlock>,
+    pub up_block_types: Vec<VaeUpBlock>,
     pub layers_per_block: usize,
-    #[serde(default = "default_in")]
     pub latent_channels: usize,
-    #[serde(default = "default_groups")]
     pub norm_num_groups: usize,
-    #[serde(default = "default_scaling")]
     pub scaling_factor: f64,
-    #[serde(default)]
     pub shift_factor: Option<f64>,
-    #[serde(default = "default_true")]
     pub use_quant_conv: bool,
-    #[serde(default = "default_true")]
     pub use_post_quant_conv: bool,
-    #[serde(default = "default_true")]
     pub mid_block_add_attention: bool,
-    #[serde(default = "default_act")]
-    pub act_fn: String,
-    #[serde(default)]
+    pub act_fn: Activation,
     pub sample_size: Option<usize>,
 }
 
-fn three() -> usize {
-    3
+impl Default for VaeConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vec![64],
+            down_block_types: vec![VaeDownBlock::DownEncoderBlock2D],
+            up_block_types: vec![VaeUpBlock::UpDecoderBlock2D],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 32,
+            scaling_factor: 0.18215,
+            shift_factor: None,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+            act_fn: Activation::Silu,
+            sample_size: None,
+        }
+    }
 }
 
 impl VaeConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let c: Self = read_json(path)?;
-        let check = || -> Result<()> {
-            if c.block_out_channels.is_empty() {
-                bail!("block_out_channels is empty");
-            }
-            for t in &c.down_block_types {
-                if t != "DownEncoderBlock2D" {
-                    bail!("down block type `{t}` is not supported (DownEncoderBlock2D)");
-                }
-            }
-            for t in &c.up_block_types {
-                if t != "UpDecoderBlock2D" {
-                    bail!("up block type `{t}` is not supported (UpDecoderBlock2D)");
-                }
-            }
-            if c.act_fn != "silu" {
-                bail!("act_fn `{}` is not supported (silu)", c.act_fn);
-            }
-            Ok(())
-        };
-        check().with_context(|| format!("{}: unsupported VAE configuration", path.display()))?;
+        c.validate().with_context(|| format!("{}: unsupported VAE configuration", path.display()))?;
         Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let n = self.block_out_channels.len();
+        ensure!((1..=8).contains(&n), "block_out_channels has {n} levels; 1 to 8 are supported");
+        for (field, len) in [("down_block_types", self.down_block_types.len()), ("up_block_types", self.up_block_types.len())] {
+            ensure!(len == n, "`{field}` lists {len} blocks for {n} levels");
+        }
+        ensure!(self.act_fn == Activation::Silu, "act_fn {:?} is not supported (silu)", self.act_fn);
+        for (field, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("layers_per_block", self.layers_per_block),
+            ("latent_channels", self.latent_channels),
+            ("norm_num_groups", self.norm_num_groups),
+        ] {
+            dim(field, v)?;
+        }
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            dim(&format!("block_out_channels[{i}]"), c)?;
+            ensure!(c.is_multiple_of(self.norm_num_groups), "block_out_channels[{i}] = {c} is not divisible by norm_num_groups = {}", self.norm_num_groups);
+        }
+        positive("scaling_factor", self.scaling_factor)?;
+        if let Some(s) = self.shift_factor {
+            ensure!(s.is_finite(), "`shift_factor` {s} is not finite");
+        }
+        Ok(())
     }
 
     /// How many times the VAE halves the image side.
@@ -291,39 +342,38 @@ impl VaeConfig {
     }
 }
 
-fn quick_gelu() -> String {
-    "quick_gelu".into()
-}
-fn max_pos() -> usize {
-    77
-}
-fn eos() -> u32 {
-    49407
-}
-
-/// `text_encoder/config.json` of a `CLIPTextModel` (or the `text_config` of a `CLIPModel`).
+/// `text_encoder/config.json` of a `CLIPTextModel` (or the `text_config` of a `CLIPModel`), with
+/// transformers' defaults.
 #[derive(Deserialize, Clone, Debug)]
+#[serde(default)]
 pub struct ClipTextConfig {
-    #[serde(default = "vocab")]
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_attention_heads: usize,
     pub num_hidden_layers: usize,
-    #[serde(default = "max_pos")]
     pub max_position_embeddings: usize,
-    #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "quick_gelu")]
-    pub hidden_act: String,
-    #[serde(default = "eos")]
+    pub hidden_act: Activation,
     pub eos_token_id: u32,
-    #[serde(default)]
     pub projection_dim: Option<usize>,
 }
 
-fn vocab() -> usize {
-    49408
+impl Default for ClipTextConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_attention_heads: 8,
+            num_hidden_layers: 12,
+            max_position_embeddings: 77,
+            layer_norm_eps: 1e-5,
+            hidden_act: Activation::QuickGelu,
+            eos_token_id: 49407,
+            projection_dim: None,
+        }
+    }
 }
 
 impl ClipTextConfig {
@@ -334,12 +384,79 @@ impl ClipTextConfig {
     }
 
     pub fn check(&self) -> Result<()> {
-        if self.hidden_act != "quick_gelu" && self.hidden_act != "gelu" {
-            bail!("hidden_act `{}` is not supported (quick_gelu, gelu)", self.hidden_act);
+        ensure!(self.hidden_act != Activation::Silu, "hidden_act silu is not supported (quick_gelu, gelu)");
+        for (field, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            dim(field, v)?;
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
-            bail!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads);
+        ensure!(
+            (1..=1 << 20).contains(&self.vocab_size),
+            "`vocab_size` is {}; it must be between 1 and {}",
+            self.vocab_size,
+            1 << 20
+        );
+        ensure!(
+            self.hidden_size.is_multiple_of(self.num_attention_heads),
+            "hidden_size {} is not divisible by num_attention_heads {}",
+            self.hidden_size,
+            self.num_attention_heads
+        );
+        positive("layer_norm_eps", self.layer_norm_eps)?;
+        if let Some(p) = self.projection_dim {
+            dim("projection_dim", p)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unet(json: &str) -> Result<UNetConfig> {
+        let c: UNetConfig = serde_json::from_str(json)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Numbers that would divide by zero, index out of range or overflow are errors naming
+    /// the field; unknown choices name the value.
+    #[test]
+    fn bad_numbers_and_choices_are_named() {
+        let base = serde_json::json!({"block_out_channels": [32, 64], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 16, "norm_num_groups": 8, "attention_head_dim": 4});
+        assert!(unet(&base.to_string()).is_ok());
+        for (key, value, named) in [
+            ("norm_num_groups", serde_json::json!(0), "norm_num_groups"),
+            ("attention_head_dim", serde_json::json!(0), "attention_head_dim[0]"),
+            ("attention_head_dim", serde_json::json!(5), "attention heads"),
+            ("layers_per_block", serde_json::json!(0), "layers_per_block"),
+            ("cross_attention_dim", serde_json::json!(0), "cross_attention_dim"),
+            ("norm_eps", serde_json::json!(-1.0), "norm_eps"),
+            ("block_out_channels", serde_json::json!([32, 4000000]), "block_out_channels[1]"),
+            ("transformer_layers_per_block", serde_json::json!([1]), "transformer_layers_per_block"),
+        ] {
+            let mut json = base.clone();
+            json[key] = value;
+            let err = format!("{:#}", unet(&json.to_string()).unwrap_err());
+            assert!(err.contains(named), "{key}: {err}");
+        }
+        let err = format!("{:#}", unet(r#"{"down_block_types": ["AttnDownBlock2D"]}"#).unwrap_err());
+        assert!(err.contains("AttnDownBlock2D"), "{err}");
+        let err = format!("{:#}", serde_json::from_str::<ClipTextConfig>(r#"{"hidden_act": "relu"}"#).unwrap_err());
+        assert!(err.contains("relu"), "{err}");
+        let text = |json: &str| serde_json::from_str::<ClipTextConfig>(json).unwrap().check().map_err(|e| e.to_string());
+        assert!(text(r#"{"num_attention_heads": 0}"#).unwrap_err().contains("num_attention_heads"));
+        assert!(text(r#"{"vocab_size": 0}"#).unwrap_err().contains("vocab_size"));
+        assert!(text(r#"{"hidden_size": 30}"#).unwrap_err().contains("not divisible"));
+        let vae = |json: &str| serde_json::from_str::<VaeConfig>(json).unwrap().validate().map_err(|e| e.to_string());
+        assert!(vae(r#"{"norm_num_groups": 0}"#).unwrap_err().contains("norm_num_groups"));
+        assert!(vae(r#"{"scaling_factor": 0.0}"#).unwrap_err().contains("scaling_factor"));
+        assert!(vae(r#"{"block_out_channels": []}"#).unwrap_err().contains("levels"));
     }
 }

@@ -148,7 +148,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     pub fn load(w: &Weights, prefix: &str, groups: usize, channels: usize, eps: f64) -> Result<Self> {
         anyhow::ensure!(
-            channels % groups == 0,
+            channels.is_multiple_of(groups),
             "{prefix}: {channels} channels do not divide into {groups} normalisation groups"
         );
         Ok(Self {

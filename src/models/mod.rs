@@ -4,6 +4,7 @@ pub mod clip_text;
 pub mod clip_vision;
 pub mod config;
 pub mod layers;
+pub mod random_weights;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

@@ -159,6 +159,19 @@ impl ClipTokenizer {
     pub fn max_len(&self) -> usize {
         self.max_len
     }
+
+    /// Refuses a tokenizer that can produce an id outside a text encoder's embedding table of
+    /// `vocab_size` rows, naming the token (`what` names the tokenizer).
+    pub fn check_vocab_size(&self, vocab_size: usize, what: &str) -> Result<()> {
+        let specials = [("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id), ("unk", self.unk_id)];
+        let worst = self.vocab.iter().map(|(t, &id)| (t.as_str(), id)).chain(specials).max_by_key(|(_, id)| *id);
+        if let Some((token, id)) = worst
+            && id as usize >= vocab_size
+        {
+            bail!("{what}: token `{token}` has id {id}, outside the text encoder's vocab_size {vocab_size}");
+        }
+        Ok(())
+    }
     /// The id of a vocabulary entry, e.g. `"cat</w>"` or `"<|endoftext|>"`.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.vocab.get(token).copied()
@@ -260,7 +273,8 @@ fn load_tokenizer_json(path: &Path) -> Result<Loaded> {
         let (Some(content), Some(id)) = (content, id) else {
             bail!("{}: an added token lacks `content` or `id`", path.display());
         };
-        vocab.insert(content.to_string(), id as u32);
+        let id = u32::try_from(id).with_context(|| format!("{}: added token `{content}` has id {id}, beyond 2^32", path.display()))?;
+        vocab.insert(content.to_string(), id);
         added.push(content.to_string());
     }
     let pad = json.pointer("/padding/pad_token").and_then(Value::as_str).map(str::to_string);
@@ -291,7 +305,8 @@ fn parse_vocab(value: &Value, path: &Path) -> Result<HashMap<String, u32>> {
     map.iter()
         .map(|(token, id)| {
             let id = id.as_u64().with_context(|| format!("{}: id of `{token}` is not an integer", path.display()))?;
-            Ok((token.clone(), id as u32))
+            let id = u32::try_from(id).with_context(|| format!("{}: id {id} of `{token}` is beyond 2^32", path.display()))?;
+            Ok((token.clone(), id))
         })
         .collect()
 }

@@ -1,7 +1,7 @@
 //! diffusers' `UNet2DConditionModel` as Stable Diffusion 1.x / 2.x use it: a sinusoidal time
 //! embedding, down blocks of ResNets and cross-attention transformers, a middle block, and up
 //! blocks fed by the skip connections.
-use super::config::UNetConfig;
+use super::config::{DownBlock, UNetConfig, UpBlock};
 use super::layers::{Attention, Conv2d, GroupNorm, LayerNorm, Linear, LoraTarget, ParamVisitor, gelu, join, silu, upsample_nearest_2x};
 use super::weights::Weights;
 use anyhow::{Result, bail};
@@ -235,7 +235,7 @@ impl UNet {
             for j in 0..cfg.layers_per_block {
                 let rin = if j == 0 { cin } else { cout };
                 resnets.push(ResnetBlock::load(w, &format!("{p}.resnets.{j}"), rin, cout, Some(temb), g, eps)?);
-                if kind == "CrossAttnDownBlock2D" {
+                if *kind == DownBlock::CrossAttnDownBlock2D {
                     attentions.push(Transformer2D::load(w, &format!("{p}.attentions.{j}"), cout, heads[i], depth[i], ctx, cfg)?);
                 }
             }
@@ -269,7 +269,7 @@ impl UNet {
                 let skip = if j == cfg.layers_per_block { input } else { out };
                 let rin = if j == 0 { prev } else { out };
                 resnets.push(ResnetBlock::load(w, &format!("{p}.resnets.{j}"), rin + skip, out, Some(temb), g, eps)?);
-                if kind == "CrossAttnUpBlock2D" {
+                if *kind == UpBlock::CrossAttnUpBlock2D {
                     attentions.push(Transformer2D::load(w, &format!("{p}.attentions.{j}"), out, rev_heads[i], rev_depth[i], ctx, cfg)?);
                 }
             }

@@ -116,9 +116,9 @@ impl Vae {
 
         let mut enc_blocks = Vec::with_capacity(n);
         let mut cout = ch[0];
-        for i in 0..n {
+        for (i, &c) in ch.iter().enumerate() {
             let cin = cout;
-            cout = ch[i];
+            cout = c;
             let p = format!("encoder.down_blocks.{i}");
             let resnets = (0..cfg.layers_per_block)
                 .map(|j| ResnetBlock::load(w, &format!("{p}.resnets.{j}"), if j == 0 { cin } else { cout }, cout, None, g, EPS))
@@ -131,8 +131,7 @@ impl Vae {
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let mut dec_blocks = Vec::with_capacity(n);
         let mut prev = rev[0];
-        for i in 0..n {
-            let out = rev[i];
+        for (i, &out) in rev.iter().enumerate() {
             let p = format!("decoder.up_blocks.{i}");
             let resnets = (0..=cfg.layers_per_block)
                 .map(|j| ResnetBlock::load(w, &format!("{p}.resnets.{j}"), if j == 0 { prev } else { out }, out, None, g, EPS))

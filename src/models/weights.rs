@@ -5,9 +5,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::path::{Path, PathBuf};
 
-#[path = "random_weights.rs"]
-pub mod random_weights;
-use random_weights::RandomWeights;
+use super::random_weights::RandomWeights;
 
 /// Where the tensors come from: safetensors files, or a seeded random source that answers every
 /// name with the shape asked (so any configuration loads without a checkpoint, for benchmarks).
@@ -41,7 +39,16 @@ impl Weights {
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .with_context(|| format!("{}: no `weight_map` object", index.display()))?;
-            let mut shards: Vec<PathBuf> = map.values().filter_map(|s| s.as_str()).map(|s| dir.join(s)).collect();
+            let mut shards = Vec::new();
+            for (tensor, file) in map {
+                let name = file.as_str().with_context(|| format!("{}: the shard of `{tensor}` is not a file name", index.display()))?;
+                // A shard must be a file inside the model folder: no absolute path, no `..`.
+                let inside = Path::new(name).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !inside || name.is_empty() {
+                    bail!("{}: the shard `{name}` of `{tensor}` is not a file inside {}", index.display(), dir.display());
+                }
+                shards.push(dir.join(name));
+            }
             shards.sort();
             shards.dedup();
             return Self::open_files(&shards, device);
@@ -97,7 +104,7 @@ impl Weights {
         let f = self
             .locate(name)
             .with_context(|| format!("{}: missing tensor `{name}` (expected shape {shape:?})", self.describe()))?;
-        let (got, values) = f.f32(name)?;
+        let (got, values) = f.f32_finite(name)?;
         if got != shape {
             bail!("{}: tensor `{name}` has shape {got:?}, expected {shape:?}", f.path().display());
         }

@@ -44,10 +44,20 @@ pub fn seeded_latents(sd: &StableDiffusion, p: &GenerateParams, seed: u64) -> Te
     Rng::new(seed).normal_tensor([1, sd.unet.config.in_channels, p.height / f, p.width / f], &sd.device)
 }
 
+/// How many latents the `latents` tensor of a safetensors file holds (read from its header).
+pub fn latents_batch(path: &Path) -> Result<usize> {
+    let file = crate::io::safetensors::SafeTensorsFile::open(path)?;
+    let info = file.info("latents").with_context(|| format!("{}: no tensor named `latents`", path.display()))?;
+    match info.shape.as_slice() {
+        [n, ..] if info.shape.len() == 4 && (1..=4096).contains(n) => Ok(*n),
+        other => bail!("{}: `latents` has shape {other:?}, expected [N, C, H, W] with N from 1 to 4096", path.display()),
+    }
+}
+
 /// Reads unit-variance latents `latents` `[N, C, H/f, W/f]` from a safetensors file.
 pub fn read_latents(sd: &StableDiffusion, path: &Path, p: &GenerateParams) -> Result<Tensor<4>> {
     let file = crate::io::safetensors::SafeTensorsFile::open(path)?;
-    let (shape, v) = file.f32("latents")?;
+    let (shape, v) = file.f32_finite("latents")?;
     let f = sd.vae_factor();
     let c = sd.unet.config.in_channels;
     if shape.len() != 4 || shape[1] != c || shape[2] != p.height / f || shape[3] != p.width / f {
@@ -106,6 +116,11 @@ pub fn generate_with_noise(
             out
         };
         x = sampler.step(out, i, x, noise);
+        // One sum per step: a NaN or infinity anywhere would otherwise end as a black image.
+        let sum = x.clone().sum().into_data().convert::<f64>().as_slice::<f64>().map_or(f64::NAN, |v| v[0]);
+        if !sum.is_finite() {
+            bail!("sampling step {} of {} (timestep {t}) gave non-finite latents: the model, the LoRA or the settings produce NaN or infinity", i + 1, timesteps.len());
+        }
         progress(i + 1, timesteps.len());
     }
     let scale = sd.vae.config.scaling_factor as f32;

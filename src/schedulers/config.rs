@@ -140,10 +140,24 @@ impl SchedulerConfig {
         if self.num_train_timesteps < 2 {
             refuse("num_train_timesteps", &self.num_train_timesteps)?;
         }
-        if let Some(b) = &self.trained_betas
-            && b.len() != self.num_train_timesteps
-        {
-            bail!("`trained_betas` has {} values but `num_train_timesteps` is {}", b.len(), self.num_train_timesteps);
+        if self.num_train_timesteps > 100_000 {
+            bail!("`num_train_timesteps` = {} is more than 100000", self.num_train_timesteps);
+        }
+        if let Some(b) = &self.trained_betas {
+            if b.len() != self.num_train_timesteps {
+                bail!("`trained_betas` has {} values but `num_train_timesteps` is {}", b.len(), self.num_train_timesteps);
+            }
+            if let Some((i, v)) = b.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0 && **v < 1.0)) {
+                bail!("`trained_betas`[{i}] = {v} is not in (0, 1)");
+            }
+        }
+        for (field, v) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            if !(v.is_finite() && v > 0.0 && v < 1.0) {
+                bail!("`{field}` = {v} is not in (0, 1)");
+            }
+        }
+        if self.steps_offset >= self.num_train_timesteps {
+            bail!("`steps_offset` = {} is not below `num_train_timesteps` = {}", self.steps_offset, self.num_train_timesteps);
         }
         Ok(())
     }

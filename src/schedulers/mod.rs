@@ -65,6 +65,17 @@ impl SamplerKind {
     pub const ALL: [SamplerKind; 5] =
         [Self::Ddim, Self::Euler, Self::EulerAncestral, Self::DpmPp2m, Self::DpmPp2mKarras];
 
+    /// AUTOMATIC1111's name (its infotext and sampler menu).
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            Self::Ddim => "DDIM",
+            Self::Euler => "Euler",
+            Self::EulerAncestral => "Euler a",
+            Self::DpmPp2m => "DPM++ 2M",
+            Self::DpmPp2mKarras => "DPM++ 2M Karras",
+        }
+    }
+
     /// The CLI name.
     pub fn name(self) -> &'static str {
         match self {

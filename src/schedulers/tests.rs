@@ -1,4 +1,4 @@
-//! Samplers against diffusers 0.42.1: the fixture's timesteps, and `reference.json` (made by
+//! Samplers against diffusers 0.42.1: the fixture's timesteps, and `scheduler-reference.json` (made by
 //! diffusers + torch 2.12.1 on CPU): timesteps, sigmas and initial noise scales over spacings and
 //! step counts, and whole 10-step trajectories with a toy model for every sampler and prediction type.
 use std::path::Path;
@@ -19,7 +19,7 @@ fn sd15(prediction: &str, spacing: Option<&str>) -> SchedulerConfig {
 }
 
 fn reference() -> Value {
-    serde_json::from_str(include_str!("reference.json")).unwrap()
+    serde_json::from_str(include_str!("../../tests/fixtures/scheduler-reference.json")).unwrap()
 }
 
 fn floats(v: &Value) -> Vec<f64> {

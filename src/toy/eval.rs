@@ -124,7 +124,7 @@ pub fn caption_ranking(clip: &ClipModel, n_images: usize, seed: u64) -> Result<R
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
     let text = clip.embed_texts(&refs);
     let samples = World::new(seed).samples(n_images);
-    let pixels: Vec<Vec<f32>> = samples.iter().map(|s| clip.pixel_values(&s.image)).collect();
+    let pixels = samples.iter().map(|s| clip.pixel_values(&s.image)).collect::<Result<Vec<_>>>()?;
     let imgs = clip.embed_pixels(&pixels)?;
     let (mut top1, mut top5, mut colour, mut shape) = (0usize, 0usize, 0usize, 0usize);
     for (s, e) in samples.iter().zip(&imgs) {

@@ -60,6 +60,6 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         .with_context(|| format!("{}: malformed checkpoint state", p.display()))?;
     let names: Vec<String> = serde_json::from_str(f.metadata().get("catlora_names").with_context(|| format!("{}: no parameter list", p.display()))?)
         .with_context(|| format!("{}: malformed parameter list", p.display()))?;
-    let get = |prefix: &str| -> Result<Vec<Vec<f32>>> { names.iter().map(|n| Ok(f.f32(&format!("{prefix}.{n}"))?.1)).collect() };
+    let get = |prefix: &str| -> Result<Vec<Vec<f32>>> { names.iter().map(|n| Ok(f.f32_finite(&format!("{prefix}.{n}"))?.1)).collect() };
     Ok(Checkpoint { values: get("param")?, exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, names, state })
 }

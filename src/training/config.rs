@@ -87,6 +87,10 @@ pub struct Concept {
     pub class_data: Option<PathBuf>,
 }
 
+/// The largest LoRA rank accepted (above every SD layer's width, far below sizes that would
+/// exhaust memory before the first step).
+pub const MAX_RANK: usize = 1024;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -182,30 +186,62 @@ impl TrainConfig {
     /// Reads a TOML file of settings (the same names as the command-line options, with `_`).
     pub fn from_toml(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
+        Self::from_toml_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
     }
 
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Refuses settings that cannot train (or would run out of memory before the first step),
+    /// naming the option and its value.
     pub fn validate(&self) -> Result<()> {
         if self.concepts.is_empty() {
             bail!("no training data: give --data and --trigger (or `concepts` in the config file)");
         }
-        let checks: [(&str, bool); 7] = [
-            ("rank must be at least 1", self.rank == 0),
-            ("steps must be at least 1", self.steps == 0),
-            ("batch must be at least 1", self.batch == 0),
-            ("grad-accum must be at least 1", self.grad_accum == 0),
-            ("lr must be positive and finite", !(self.lr > 0.0 && self.lr.is_finite())),
-            ("cat-weight must be finite and not negative", !(self.cat_weight >= 0.0 && self.cat_weight.is_finite())),
-            ("resolution must be positive", self.resolution == 0),
+        let counts: [(&str, usize, usize, usize); 7] = [
+            ("rank", self.rank, 1, MAX_RANK),
+            ("steps", self.steps, 1, 100_000_000),
+            ("batch", self.batch, 1, 64),
+            ("grad-accum", self.grad_accum, 1, 4096),
+            ("resolution", self.resolution, 8, crate::limits::MAX_GENERATE_SIDE),
+            ("class-images", self.class_images, 1, 100_000),
+            ("sample-steps", self.sample_steps, 1, 1000),
         ];
-        for (msg, bad) in checks {
-            if bad {
-                bail!("{msg}");
+        for (name, v, lo, hi) in counts {
+            if !(lo..=hi).contains(&v) {
+                bail!("--{name} {v} is out of range: use {lo} to {hi}");
             }
         }
+        let reals: [(&str, f64, bool, &str); 10] = [
+            ("lr", self.lr, self.lr > 0.0, "a positive number"),
+            ("alpha", self.alpha as f64, self.alpha >= 0.0, "a number of at least 0"),
+            ("cat-weight", self.cat_weight, self.cat_weight >= 0.0, "a number of at least 0"),
+            ("prior-weight", self.prior_weight, self.prior_weight >= 0.0, "a number of at least 0"),
+            ("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)"),
+            ("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)"),
+            ("eps", self.eps, self.eps > 0.0, "a positive number"),
+            ("weight-decay", self.weight_decay, self.weight_decay >= 0.0, "a number of at least 0"),
+            ("max-grad-norm", self.max_grad_norm, self.max_grad_norm >= 0.0, "a number of at least 0 (0 = off)"),
+            ("min-snr-gamma", self.min_snr_gamma, self.min_snr_gamma >= 0.0, "a number of at least 0 (0 = off)"),
+        ];
+        for (name, v, ok, what) in reals {
+            if !(v.is_finite() && ok) {
+                bail!("--{name} {v} must be {what}");
+            }
+        }
+        if !(self.noise_offset.is_finite() && (0.0..=1.0).contains(&self.noise_offset)) {
+            bail!("--noise-offset {} must be in [0, 1]", self.noise_offset);
+        }
         for c in &self.concepts {
-            if c.trigger.trim().is_empty() || c.trigger.contains(',') {
-                bail!("trigger `{}` must be a non-empty word without commas", c.trigger);
+            let t = &c.trigger;
+            if t.trim().is_empty() || t.contains(',') || t.chars().any(char::is_control) {
+                bail!("trigger `{}` must be non-empty text without commas or control characters", t.escape_debug());
+            }
+            if let Some(class) = &c.class
+                && class.chars().any(char::is_control)
+            {
+                bail!("class `{}` contains control characters", class.escape_debug());
             }
         }
         Ok(())

@@ -33,7 +33,13 @@ pub fn read_concept(c: &Concept, resolution: usize, random_crop: bool) -> Result
         let plain_caption = remove_trigger(&caption, &c.trigger);
         let image = load_rgb(&path)?;
         // Random crops are taken per step from the image resized to cover the resolution.
-        let image = if random_crop { image } else { resize_and_crop(&image, resolution as u32, Crop::Center) };
+        let image = if random_crop {
+            // Checked now: every step resizes it to cover the resolution.
+            crate::limits::resized(image.width(), image.height(), resolution as u32).with_context(|| path.display().to_string())?;
+            image
+        } else {
+            resize_and_crop(&image, resolution as u32, Crop::Center).with_context(|| path.display().to_string())?
+        };
         out.push(Example { path, caption, plain_caption, image });
     }
     Ok(out)

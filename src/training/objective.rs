@@ -48,6 +48,20 @@ pub struct LossTerms {
     pub total: f64,
 }
 
+impl LossTerms {
+    /// `loss 0.1234 (diffusion 0.1, cat 0.02)`: the total and each term that is used.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!("diffusion {:.4}", self.diffusion)];
+        if self.cat != 0.0 {
+            parts.push(format!("cat {:.4}", self.cat));
+        }
+        if self.prior != 0.0 {
+            parts.push(format!("prior {:.4}", self.prior));
+        }
+        format!("loss {:.4} ({})", self.total, parts.join(", "))
+    }
+}
+
 /// Mean squared error, optionally weighted per sample (the weights' mean over the batch).
 pub fn mse(pred: Tensor<4>, target: Tensor<4>, sample_weights: Option<&[f32]>) -> Tensor<1> {
     let sq = (pred - target).square();

@@ -85,7 +85,7 @@ fn class_examples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, pro
         let images = match &c.class_data {
             Some(dir) => crate::io::image::list_images(dir)?.into_iter().take(cfg.class_images).map(|p| load_rgb(&p)).collect::<Result<Vec<_>>>()?,
             None => {
-                let dir = paths.class_images.join(&c.trigger);
+                let dir = paths.class_images.join(format!("{k}-{}", crate::io::safe_file_name(&c.trigger)));
                 let mut imgs = Vec::new();
                 for i in 0..cfg.class_images {
                     let file = dir.join(format!("{i:04}.png"));
@@ -113,7 +113,7 @@ fn class_examples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, pro
             bail!("no class images for the concept `{}`", c.trigger);
         }
         let cond = sd.encode_prompts(&[class], 1);
-        let prepared: Vec<_> = images.iter().map(|i| resize_and_crop(i, cfg.resolution as u32, Crop::Center)).collect();
+        let prepared = images.iter().map(|i| resize_and_crop(i, cfg.resolution as u32, Crop::Center)).collect::<Result<Vec<_>>>()?;
         for latents in encode_latents(sd, &prepared) {
             out.push(ClassExample { latents, cond: cond.clone() });
         }
@@ -160,8 +160,90 @@ fn read_log_prefix(path: &Path, upto: usize) -> Result<String> {
     Ok(keep)
 }
 
-pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progress) -> Result<Outcome> {
+/// The settings a resumed run may change: how long it trains, when it saves and samples, where
+/// it runs and where the adapter goes. Everything else changes the steps already taken.
+const RESUMABLE: [&str; 7] = ["steps", "save_every", "sample_every", "sample_prompts", "sample_steps", "device", "out"];
+
+/// Each setting that differs between a checkpoint's configuration and this run's (apart from
+/// [`RESUMABLE`]), with both values; paths are compared after normalising.
+pub fn settings_diff(saved: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) else { return vec!["the saved settings are not an object".into()] };
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let null = serde_json::Value::Null;
+    keys.into_iter()
+        .filter(|k| !RESUMABLE.contains(&k.as_str()))
+        .filter_map(|k| {
+            let (x, y) = (a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null));
+            (normalise_paths(x) != normalise_paths(y)).then(|| format!("{k}: checkpoint {x}, now {y}"))
+        })
+        .collect()
+}
+
+/// JSON with every string that names an existing file or folder replaced by its canonical path,
+/// and `./a/` written as `a`.
+fn normalise_paths(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            let p = Path::new(s);
+            match p.canonicalize() {
+                Ok(c) if !s.is_empty() => Value::String(c.display().to_string()),
+                _ => Value::String(p.components().collect::<PathBuf>().display().to_string()),
+            }
+        }
+        Value::Array(a) => Value::Array(a.iter().map(normalise_paths).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), normalise_paths(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Everything that can be refused before the model is loaded and the data cached: the
+/// settings, the output path, the resume settings, every training image's header and the
+/// memory the run needs.
+fn preflight(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Option<checkpoint::Checkpoint>> {
     cfg.validate()?;
+    crate::device::parse(&cfg.device)?;
+    if cfg.out.is_dir() {
+        bail!("--out {} is a folder; give the LoRA file to write (e.g. {}/adapter.safetensors)", cfg.out.display(), cfg.out.display());
+    }
+    let parent = match cfg.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("--out {}: cannot create the folder {}", cfg.out.display(), parent.display()))?;
+    tempfile::NamedTempFile::new_in(&parent).with_context(|| format!("--out {}: cannot write in {}", cfg.out.display(), parent.display()))?;
+    let ck = match resume {
+        Some(dir) => {
+            let ck = checkpoint::load(dir)?;
+            let diff = settings_diff(&ck.state.config, &serde_json::to_value(cfg)?);
+            if !diff.is_empty() {
+                bail!(
+                    "{}: the checkpoint was made with other settings; resume with the same ones (only {} may change):\n  {}",
+                    dir.display(),
+                    RESUMABLE.join(", "),
+                    diff.join("\n  ")
+                );
+            }
+            if ck.state.step > cfg.steps {
+                bail!("{}: the checkpoint is at step {}, past --steps {}", dir.display(), ck.state.step, cfg.steps);
+            }
+            Some(ck)
+        }
+        None => None,
+    };
+    for c in &cfg.concepts {
+        for image in crate::io::image::list_images(&c.data)? {
+            crate::limits::check_image_header(&image)?;
+        }
+    }
+    let configs = crate::pipeline::model::ModelConfigs::read(&cfg.model)?;
+    let passes = if cfg.method == Method::Dreambooth { 2 } else { 1 };
+    configs.check_run(cfg.resolution, cfg.resolution, cfg.batch * passes, true, "--resolution and --batch")?;
+    Ok(ck)
+}
+
+pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progress) -> Result<Outcome> {
+    let checkpoint = preflight(cfg, resume)?;
     let paths = RunPaths::new(&cfg.out);
     let device = crate::device::parse(&cfg.device)?;
     progress.message(&format!("loading {}", cfg.model.display()));
@@ -183,27 +265,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
     let mut opt = AdamW::new(adam, params.zeros());
     let config_json = serde_json::to_value(cfg)?;
-    // A resumed run may train longer, or save and sample on another rhythm; everything that
-    // changes the numbers of the steps already taken must match.
-    let comparable = |v: &serde_json::Value| {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            for k in ["steps", "save_every", "sample_every", "sample_prompts", "sample_steps", "device"] {
-                o.remove(k);
-            }
-        }
-        v
-    };
     let mut start = 0;
     let mut last = LossTerms::default();
-    if let Some(dir) = resume {
-        let ck = checkpoint::load(dir)?;
-        if comparable(&ck.state.config) != comparable(&config_json) {
-            bail!("{}: the checkpoint was made with other settings; resume with the same ones (only steps, save/sample rhythm and device may change)", dir.display());
-        }
-        if ck.state.step > cfg.steps {
-            bail!("{}: the checkpoint is at step {}, past --steps {}", dir.display(), ck.state.step, cfg.steps);
-        }
+    if let (Some(dir), Some(ck)) = (resume, checkpoint) {
         if ck.names != params.names {
             bail!("{}: the checkpoint's parameters do not match this adapter", dir.display());
         }
@@ -241,7 +305,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
                 let d = if cfg.random_crop {
                     let img = &data.examples[i].image;
                     let crop = Crop::Random { x_frac: rng.uniform() as f32, y_frac: rng.uniform() as f32 };
-                    let mut prepared = resize_and_crop(img, cfg.resolution as u32, crop);
+                    let mut prepared = resize_and_crop(img, cfg.resolution as u32, crop)?;
                     if flip {
                         prepared = flip_horizontal(&prepared);
                     }
