@@ -19,7 +19,13 @@ fn main() -> Result<()> {
         anyhow::ensure!(!files.is_empty(), "{dir}: no PNG images");
         let images = files.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>>>()?;
         let t = truth_of(&images);
-        println!("{dir}: {} images, colour diversity {:.2}, copy rate {:.2}; {}", images.len(), t.colour_diversity, t.copy_rate, colour_summary(&t.colours));
+        println!(
+            "{dir}: {} images, colour diversity {:.2}, copy rate {:.2}; {}",
+            images.len(),
+            t.colour_diversity,
+            t.copy_rate,
+            colour_summary(&t.colours)
+        );
     }
     Ok(())
 }

@@ -80,7 +80,9 @@ fn address_space_limit() -> Option<u64> {
 /// The memory this process may still use, where the system tells.
 pub fn available_memory() -> Result<Option<u64>> {
     if let Ok(v) = std::env::var("CATLORA_MEMORY_LIMIT") {
-        return parse_bytes(&v).map(Some).with_context(|| format!("CATLORA_MEMORY_LIMIT `{v}` is not a size (bytes, or a number with K, M or G)"));
+        return parse_bytes(&v)
+            .map(Some)
+            .with_context(|| format!("CATLORA_MEMORY_LIMIT `{v}` is not a size (bytes, or a number with K, M or G)"));
     }
     let mut avail = proc_kb("/proc/meminfo", "MemAvailable:");
     if let Some(limit) = address_space_limit() {
@@ -152,7 +154,15 @@ mod tests {
         assert_eq!(parse_bytes("8G"), Some(8 << 30));
         assert_eq!(parse_bytes("1024"), Some(1024));
         assert_eq!(parse_bytes("x"), None);
-        let sd = |side: usize| RunShape { latent: (side / 8, side / 8), batch: 2, unet_channels: 320, vae_channels: 128, vae_factor: 8, heads: 8, training: false };
+        let sd = |side: usize| RunShape {
+            latent: (side / 8, side / 8),
+            batch: 2,
+            unet_channels: 320,
+            vae_channels: 128,
+            vae_factor: 8,
+            heads: 8,
+            training: false,
+        };
         // SD 1.5 at 512 px: well under 8 GB; at 4096 px, far over.
         assert!(generation_bytes(&sd(512)) < 4 << 30, "{}", generation_bytes(&sd(512)));
         assert!(generation_bytes(&sd(4096)) > 64 << 30);

@@ -63,11 +63,8 @@ fn generate(out: &Path, extra: &[&str]) {
 }
 
 fn pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
     v.sort();
     v
 }
@@ -95,7 +92,12 @@ fn generate_writes_one_png_with_parameters_and_is_deterministic() {
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(files[0].file_name().unwrap(), "5-0.png");
     let p = parameters(&files[0]);
-    assert!(p.starts_with("a photo of a cat\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-sd"), "{p}");
+    assert!(
+        p.starts_with(
+            "a photo of a cat\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-sd"
+        ),
+        "{p}"
+    );
     let bytes = |d: &Path| std::fs::read(&pngs(d)[0]).unwrap();
     assert_eq!(bytes(&a), bytes(&b), "the same seed gave different PNGs");
     assert_ne!(bytes(&a), bytes(&c), "different seeds gave the same PNG");
@@ -147,7 +149,14 @@ fn generate_bad_inputs_fail_cleanly() {
     let dir = scratch("bad");
     let out = dir.join("out").display().to_string();
     // Defaults, each replaced by an `extra` pair with the same flag.
-    let defaults = [("--model", model()), ("--prompt", "x".into()), ("--width", "64".into()), ("--height", "64".into()), ("--steps", "2".into()), ("--out", out.clone())];
+    let defaults = [
+        ("--model", model()),
+        ("--prompt", "x".into()),
+        ("--width", "64".into()),
+        ("--height", "64".into()),
+        ("--steps", "2".into()),
+        ("--out", out.clone()),
+    ];
     let run = |extra: &[&str], needles: &[&str]| {
         let mut args: Vec<String> = vec!["generate".into()];
         for (flag, value) in &defaults {
@@ -252,7 +261,8 @@ fn score_prints_one_json_object() {
 fn train_options_merge_over_the_config_file() {
     let dir = scratch("train");
     let cfg = dir.join("run.toml");
-    std::fs::write(&cfg, "model = \"base\"\nout = \"o.safetensors\"\nlr = 2e-4\n[[concepts]]\ndata = \"imgs\"\ntrigger = \"ohwx\"\n").unwrap();
+    std::fs::write(&cfg, "model = \"base\"\nout = \"o.safetensors\"\nlr = 2e-4\n[[concepts]]\ndata = \"imgs\"\ntrigger = \"ohwx\"\n")
+        .unwrap();
     let c = cfg.display().to_string();
     let s = ok(&["train", "--config", &c, "--rank", "2", "--flip", "--print-config"]);
     let t: toml::Value = toml::from_str(&s).unwrap();

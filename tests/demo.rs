@@ -37,8 +37,18 @@ fn demo_runs_on_the_embedded_models_and_shows_the_claims() {
     }
 
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("with guidance 3") && html.contains("copy rate") && html.contains("colour diversity") && html.contains("<svg"), "report lacks its parts");
-    for f in ["adapters/lora.safetensors", "adapters/cat.safetensors", "adapters/dreambooth.safetensors", "adapters/cat.log.jsonl", "data/00.png", "data/00.txt"] {
+    assert!(
+        html.contains("with guidance 3") && html.contains("copy rate") && html.contains("colour diversity") && html.contains("<svg"),
+        "report lacks its parts"
+    );
+    for f in [
+        "adapters/lora.safetensors",
+        "adapters/cat.safetensors",
+        "adapters/dreambooth.safetensors",
+        "adapters/cat.log.jsonl",
+        "data/00.png",
+        "data/00.txt",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     std::fs::remove_dir_all(&out).unwrap();

@@ -64,7 +64,10 @@ fn eval_generates_scores_and_reports() {
         let rec = r.images.iter().find(|i| i.model == model && i.variant == "trigger").unwrap();
         read_png_text(&out.join(&rec.file)).unwrap().into_iter().find(|(k, _)| k == "parameters").expect("a parameters chunk").1
     };
-    assert_eq!(text("lora"), "sks, a photo of a teapot <lora:lora:1>\nSteps: 2, Sampler: DDIM, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-sd");
+    assert_eq!(
+        text("lora"),
+        "sks, a photo of a teapot <lora:lora:1>\nSteps: 2, Sampler: DDIM, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-sd"
+    );
     assert_eq!(text("base"), "sks, a photo of a teapot\nSteps: 2, Sampler: DDIM, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-sd");
 
     write_outputs(&out, r, &opts.adapters, "catlora test report", "").unwrap();
@@ -86,7 +89,15 @@ fn eval_generates_scores_and_reports() {
     std::fs::write(&probe, html.replace("</body>", &format!("{script}</body>"))).unwrap();
     let profile = dir.join("chrome-profile");
     let o = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(["--virtual-time-budget=5000", "--dump-dom"])
         .arg(format!("file://{}", probe.display()))
@@ -94,6 +105,10 @@ fn eval_generates_scores_and_reports() {
         .unwrap();
     let dom = String::from_utf8_lossy(&o.stdout);
     let n = r.images.len();
-    assert!(dom.contains(&format!("<title>{n} {n} 4</title>")), "Chromium did not render every image: {}", dom.lines().find(|l| l.contains("<title>")).unwrap_or("no title"));
+    assert!(
+        dom.contains(&format!("<title>{n} {n} 4</title>")),
+        "Chromium did not render every image: {}",
+        dom.lines().find(|l| l.contains("<title>")).unwrap_or("no title")
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

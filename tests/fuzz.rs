@@ -59,7 +59,10 @@ fn fuzz(target: &str, mut body: impl FnMut(&mut Rng)) {
 fn safetensors_headers() {
     let valid = std::fs::read(fixtures().join("lora-kohya/lora.safetensors")).unwrap();
     let small = {
-        let t = std::collections::BTreeMap::from([("a".to_string(), catlora::io::safetensors::OwnedTensor { shape: vec![2, 3], data: vec![1.0; 6] })]);
+        let t = std::collections::BTreeMap::from([(
+            "a".to_string(),
+            catlora::io::safetensors::OwnedTensor { shape: vec![2, 3], data: vec![1.0; 6] },
+        )]);
         catlora::io::safetensors::serialize(&t, &Default::default()).unwrap()
     };
     fuzz("safetensors", |rng| {

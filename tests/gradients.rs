@@ -69,28 +69,37 @@ fn f64_tensor<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 
 /// Checks gradients of `loss(model)` for every parameter the visitor reaches.
 fn check<M>(model: &mut M, visit: fn(&mut M, &mut dyn ParamVisitor), loss: impl Fn(&M) -> Tensor<1>, what: &str) {
-    visit(model, &mut Each(|_, t: &mut dyn AnyTensor| {
-        let v = t.values();
-        t.set_values(v);
-        t.make_trainable()
-    }));
+    visit(
+        model,
+        &mut Each(|_, t: &mut dyn AnyTensor| {
+            let v = t.values();
+            t.set_values(v);
+            t.make_trainable()
+        }),
+    );
     let l = loss(model);
     let grads = l.backward();
     let mut analytic: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut missing = Vec::new();
-    visit(model, &mut Each(|n: &str, t: &mut dyn AnyTensor| match t.grad_values(&grads) {
-        Some(g) => {
-            analytic.insert(n.to_string(), g);
-        }
-        None => missing.push(n.to_string()),
-    }));
+    visit(
+        model,
+        &mut Each(|n: &str, t: &mut dyn AnyTensor| match t.grad_values(&grads) {
+            Some(g) => {
+                analytic.insert(n.to_string(), g);
+            }
+            None => missing.push(n.to_string()),
+        }),
+    );
     assert!(missing.is_empty(), "{what}: parameters without a gradient: {missing:?}");
 
     // Back to plain tensors for the finite differences.
-    visit(model, &mut Each(|_, t: &mut dyn AnyTensor| {
-        let v = t.values();
-        t.set_values(v)
-    }));
+    visit(
+        model,
+        &mut Each(|_, t: &mut dyn AnyTensor| {
+            let v = t.values();
+            t.set_values(v)
+        }),
+    );
     let mut rng = Rng::new(11);
     let mut worst = (0f64, String::new());
     let names: Vec<String> = analytic.keys().cloned().collect();
@@ -99,16 +108,37 @@ fn check<M>(model: &mut M, visit: fn(&mut M, &mut dyn ParamVisitor), loss: impl 
         let dir: Vec<f64> = rng.normal_vec(g.len()).into_iter().map(f64::from).collect();
         let slope: f64 = g.iter().zip(&dir).map(|(a, b)| a * b).sum();
         let mut orig = Vec::new();
-        visit(model, &mut Each(|n: &str, t: &mut dyn AnyTensor| if n == name { orig = t.values() }));
+        visit(
+            model,
+            &mut Each(|n: &str, t: &mut dyn AnyTensor| {
+                if n == name {
+                    orig = t.values()
+                }
+            }),
+        );
         let scale = (orig.iter().map(|v| v.powi(2)).sum::<f64>() / orig.len() as f64).sqrt().max(1e-2);
         let h = 1e-5 * scale;
         let eval = |model: &mut M, s: f64| -> f64 {
             let v: Vec<f64> = orig.iter().zip(&dir).map(|(o, d)| o + s * d).collect();
-            visit(model, &mut Each(|n: &str, t: &mut dyn AnyTensor| if n == name { t.set_values(v.clone()) }));
+            visit(
+                model,
+                &mut Each(|n: &str, t: &mut dyn AnyTensor| {
+                    if n == name {
+                        t.set_values(v.clone())
+                    }
+                }),
+            );
             values64(loss(model))[0]
         };
         let fd = (eval(model, h) - eval(model, -h)) / (2.0 * h);
-        visit(model, &mut Each(|n: &str, t: &mut dyn AnyTensor| if n == name { t.set_values(orig.clone()) }));
+        visit(
+            model,
+            &mut Each(|n: &str, t: &mut dyn AnyTensor| {
+                if n == name {
+                    t.set_values(orig.clone())
+                }
+            }),
+        );
         // Tensors whose true gradient is zero (the key bias, by softmax's shift invariance) are
         // compared on an absolute scale: the floor allows 1e-7 of rounding noise there.
         let err = (fd - slope).abs() / (slope.abs().max(fd.abs()) + 1e-3);

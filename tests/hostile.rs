@@ -125,8 +125,16 @@ fn absurd_sizes_are_refused_before_allocating() {
     std::fs::write(data.join("big.png"), &png).unwrap();
     let d = data.display().to_string();
     let o = root.path().join("a.safetensors").display().to_string();
-    refused(&["train", "--model", &model, "--data", &d, "--trigger", "sks", "--out", &o, "--steps", "1", "--resolution", "64"], 1, &["big.png", "20000x20000"]);
-    refused(&["score", "--clip", fixtures().join("tiny-clip").to_str().unwrap(), "--images", &d, "--prompt", "x"], 1, &["big.png", "20000x20000"]);
+    refused(
+        &["train", "--model", &model, "--data", &d, "--trigger", "sks", "--out", &o, "--steps", "1", "--resolution", "64"],
+        1,
+        &["big.png", "20000x20000"],
+    );
+    refused(
+        &["score", "--clip", fixtures().join("tiny-clip").to_str().unwrap(), "--images", &d, "--prompt", "x"],
+        1,
+        &["big.png", "20000x20000"],
+    );
     // Sizes that overflow or exceed memory.
     let mut args = generate_args(&model, &out);
     args.splice(7..9, ["--width", "18446744073709551600"]);
@@ -134,7 +142,11 @@ fn absurd_sizes_are_refused_before_allocating() {
     let mut args = generate_args(&model, &out);
     args.splice(7..11, ["--width", "4000", "--height", "4000"]);
     refused(&args, 1, &["--width/--height", "GB"]);
-    refused(&["train", "--model", &model, "--data", &d, "--trigger", "sks", "--out", &o, "--rank", "1000000000"], 1, &["--rank 1000000000"]);
+    refused(
+        &["train", "--model", &model, "--data", &d, "--trigger", "sks", "--out", &o, "--rank", "1000000000"],
+        1,
+        &["--rank 1000000000"],
+    );
     refused(&["generate", "--model", &model, "--prompt", "x", "--num-images", "99999999999", "--out", &out], 1, &["--num-images"]);
 }
 
@@ -147,7 +159,8 @@ fn non_finite_numbers_are_refused_by_name() {
     let nan = root.path().join("nan.safetensors");
     let m = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
     let (down, up) = (format!("{m}.lora_down.weight"), format!("{m}.lora_up.weight"));
-    safetensors::write(&nan, &tensors(&[(&down, vec![1, 32], vec![f32::NAN; 32]), (&up, vec![32, 1], vec![0.0; 32])]), &BTreeMap::new()).unwrap();
+    safetensors::write(&nan, &tensors(&[(&down, vec![1, 32], vec![f32::NAN; 32]), (&up, vec![32, 1], vec![0.0; 32])]), &BTreeMap::new())
+        .unwrap();
     let mut args = generate_args(&model, &out);
     let lora = nan.display().to_string();
     args.extend(["--lora", &lora]);
@@ -181,14 +194,20 @@ fn non_finite_numbers_are_refused_by_name() {
     // Training settings.
     let d = fixtures().join("tiny-clip").display().to_string();
     let o = root.path().join("a.safetensors").display().to_string();
-    for (flag, value, named) in [("--lr", "NaN", "--lr"), ("--min-snr-gamma=-1", "", "--min-snr-gamma"), ("--max-grad-norm", "inf", "--max-grad-norm")] {
+    for (flag, value, named) in
+        [("--lr", "NaN", "--lr"), ("--min-snr-gamma=-1", "", "--min-snr-gamma"), ("--max-grad-norm", "inf", "--max-grad-norm")]
+    {
         let args = ["train", "--model", &model, "--data", &d, "--trigger", "sks", "--class", "cat", "--out", &o, flag, value];
         refused(&args[..if value.is_empty() { args.len() - 1 } else { args.len() }], 1, &[named]);
     }
     let toml = root.path().join("t.toml");
     std::fs::write(&toml, "beta1 = 1.5\n").unwrap();
     let t = toml.display().to_string();
-    refused(&["train", "--model", &model, "--data", &d, "--trigger", "sks", "--class", "cat", "--out", &o, "--config", &t], 1, &["--beta1 1.5", "t.toml"]);
+    refused(
+        &["train", "--model", &model, "--data", &d, "--trigger", "sks", "--class", "cat", "--out", &o, "--config", &t],
+        1,
+        &["--beta1 1.5", "t.toml"],
+    );
 }
 
 #[test]
@@ -238,7 +257,25 @@ fn failures_come_before_the_work() {
     refused(&[&base[..], &["--steps", "3", "--lr", "0.001", "--resume", &ck]].concat(), 1, &["lr: checkpoint 0.0001, now 0.001"]);
     // `./` and trailing slashes are the same path.
     let d2 = format!("{d}/");
-    let same = ["train", "--model", &m, "--data", &d2, "--trigger", "sks", "--class", "cat", "--resolution", "64", "--out", &o, "--steps", "3", "--resume", &ck];
+    let same = [
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &d2,
+        "--trigger",
+        "sks",
+        "--class",
+        "cat",
+        "--resolution",
+        "64",
+        "--out",
+        &o,
+        "--steps",
+        "3",
+        "--resume",
+        &ck,
+    ];
     let status = Command::new(EXE).args(same).status().unwrap();
     assert!(status.success(), "a trailing slash counted as another data folder");
     // A bad flag is clap's exit 2.

@@ -1,11 +1,11 @@
 //! The text encoder, UNet and VAE against the diffusers / transformers reference outputs.
 mod common;
-use common::*;
 use catlora::models::clip_text::ClipTextModel;
 use catlora::models::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use catlora::models::unet::UNet;
 use catlora::models::vae::Vae;
 use catlora::models::weights::Weights;
+use common::*;
 
 fn prompt_ids() -> Vec<Vec<u32>> {
     let (shape, ids) = reference().i64("prompt_ids").unwrap();
@@ -96,7 +96,11 @@ fn unsupported_unet_options_are_errors_naming_them() {
     std::fs::create_dir_all(&dir).unwrap();
     let base = std::fs::read_to_string(fixtures().join("tiny-sd/unet/config.json")).unwrap();
     for (field, value, expect) in [
-        ("down_block_types", r#"["CrossAttnDownBlock2D","CrossAttnDownBlock2D","SimpleCrossAttnDownBlock2D","DownBlock2D"]"#, "SimpleCrossAttnDownBlock2D"),
+        (
+            "down_block_types",
+            r#"["CrossAttnDownBlock2D","CrossAttnDownBlock2D","SimpleCrossAttnDownBlock2D","DownBlock2D"]"#,
+            "SimpleCrossAttnDownBlock2D",
+        ),
         ("class_embed_type", r#""timestep""#, "class_embed_type"),
         ("attention_head_dim", "[8, 8]", "attention_head_dim"),
     ] {

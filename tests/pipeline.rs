@@ -1,26 +1,18 @@
 //! Ten-step pipelines from the reference initial latents, for every sampler and both prediction
 //! types, with and without the fixture LoRA.
 mod common;
+use burn::tensor::{Tensor, TensorData};
 use catlora::adapters::lora::attach_file;
 use catlora::adapters::lora_file;
 use catlora::io::image::{tensor_to_rgb8, tensor_to_unit_hwc};
-use catlora::pipeline::model::StableDiffusion;
 use catlora::io::safetensors::SafeTensorsFile;
+use catlora::pipeline::model::StableDiffusion;
 use catlora::pipeline::txt2img::{GenerateParams, generate, generate_with_noise, read_latents};
 use catlora::schedulers::{SamplerKind, StepNoise};
-use burn::tensor::{Tensor, TensorData};
 use common::*;
 
 fn params(sampler: SamplerKind) -> GenerateParams {
-    GenerateParams {
-        prompt: "sks, a photo of a teapot".into(),
-        sampler,
-        steps: 10,
-        cfg: 7.5,
-        width: 64,
-        height: 64,
-        ..Default::default()
-    }
+    GenerateParams { prompt: "sks, a photo of a teapot".into(), sampler, steps: 10, cfg: 7.5, width: 64, height: 64, ..Default::default() }
 }
 
 fn png_pixels(name: &str) -> Vec<u8> {

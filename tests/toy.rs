@@ -4,6 +4,7 @@
 mod common;
 use burn::tensor::{Device, Tensor};
 use catlora::evaluation::clip::ClipModel;
+use catlora::io::safetensors::StoreAs;
 use catlora::models::config::{UNetConfig, VaeConfig};
 use catlora::models::unet::UNet;
 use catlora::models::vae::Vae;
@@ -12,7 +13,6 @@ use catlora::pipeline::model::StableDiffusion;
 use catlora::rng::Rng;
 use catlora::toy::clip::TrainableClip;
 use catlora::toy::eval::{self, SampleSettings};
-use catlora::io::safetensors::StoreAs;
 use catlora::toy::params::{ModelParams, round_to_f16, torch_tensors, write_safetensors};
 use catlora::toy::pretrain::{self, PretrainOptions, clip_pixels};
 use catlora::toy::world::{self, Background, Colour, Shape, Size, World};
@@ -48,7 +48,10 @@ fn world_is_deterministic_per_seed() {
     assert_eq!(a[0].image.dimensions(), (world::SIZE as u32, world::SIZE as u32));
     let p = world::personal_objects(3, 5, "sks", &Background::ALL);
     assert_eq!(p.len(), 5);
-    assert_eq!(p.iter().map(|x| &x.0).collect::<Vec<_>>(), world::personal_objects(3, 5, "sks", &Background::ALL).iter().map(|x| &x.0).collect::<Vec<_>>());
+    assert_eq!(
+        p.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        world::personal_objects(3, 5, "sks", &Background::ALL).iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
     assert_eq!(p[0].2, "a sks circle on a gray background");
     // Every combination has a caption naming all four attributes.
     assert_eq!(World::combinations().len(), 176);
@@ -157,7 +160,8 @@ fn saved_weights_load_back_identically() {
     let samples = World::new(3).samples(3);
     let px: Vec<f32> = samples.iter().flat_map(|s| clip_pixels(&s.image)).collect();
     let mine = values(clip.image_embeddings(Tensor::from_data(burn::tensor::TensorData::new(px, [3, 3, 32, 32]), &dev)).unwrap());
-    let theirs: Vec<f32> = loaded.embed_pixels(&samples.iter().map(|s| loaded.pixel_values(&s.image).unwrap()).collect::<Vec<_>>()).unwrap().concat();
+    let theirs: Vec<f32> =
+        loaded.embed_pixels(&samples.iter().map(|s| loaded.pixel_values(&s.image).unwrap()).collect::<Vec<_>>()).unwrap().concat();
     assert!(rel_max_err(&theirs, &mine) < 1e-4, "image embeddings: {}", rel_max_err(&theirs, &mine));
     let caps: Vec<&str> = samples.iter().map(|s| s.caption.as_str()).collect();
     let ids: Vec<Vec<u32>> = caps.iter().map(|c| loaded.tokenizer.encode_padded(c, 77)).collect();
@@ -241,7 +245,9 @@ fn committed_base_model_draws_a_class_in_many_colours() {
     let settings = SampleSettings { sampler: catlora::schedulers::SamplerKind::DpmPp2mKarras, steps: 20, cfg: 3.0 };
     let mut counts = std::collections::BTreeMap::new();
     let mut circles = 0;
-    for (k, prompt) in ["a circle on a gray background", "a circle on a white background", "a circle on a black background", "a circle"].iter().enumerate() {
+    for (k, prompt) in
+        ["a circle on a gray background", "a circle on a white background", "a circle on a black background", "a circle"].iter().enumerate()
+    {
         for img in eval::generate_images(&sd, prompt, 8, settings, 500 + 100 * k as u64).unwrap() {
             assert!(!world::copies_personal(&img), "{prompt}: the base model drew the personal look");
             *counts.entry(world::dominant_colour(&img).map(Colour::name)).or_insert(0usize) += 1;

@@ -6,12 +6,12 @@ use catlora::adapters::lora::{Targets, attach_file};
 use catlora::adapters::lora_file;
 use catlora::io::image::save_png;
 use catlora::pipeline::model::StableDiffusion;
+use catlora::rng::Rng;
+use catlora::schedulers::NoiseSchedule;
 use catlora::training::config::{Concept, FileFormat, Method, TrainConfig};
 use catlora::training::data::Dataset;
 use catlora::training::objective::mse;
 use catlora::training::trainer::{Silent, train};
-use catlora::rng::Rng;
-use catlora::schedulers::NoiseSchedule;
 use common::*;
 use std::path::{Path, PathBuf};
 
@@ -84,7 +84,13 @@ fn data_loss(sd: &StableDiffusion, data: &Dataset, velocity: bool, timesteps: &[
 }
 
 /// `data_loss` with the trained adapter of `file` switched on, then off: `(adapted, base)`.
-fn adapted_and_base_loss(sd: &mut StableDiffusion, data: &Dataset, file: &lora_file::LoraFile, velocity: bool, timesteps: &[usize]) -> (f64, f64) {
+fn adapted_and_base_loss(
+    sd: &mut StableDiffusion,
+    data: &Dataset,
+    file: &lora_file::LoraFile,
+    velocity: bool,
+    timesteps: &[usize],
+) -> (f64, f64) {
     let adapter = attach_file(&mut Targets { unet: &mut sd.unet, text_encoder: None }, file, 1.0, "trained").unwrap();
     let adapted = data_loss(sd, data, velocity, timesteps);
     adapter.gate.set(0.0);
@@ -157,7 +163,11 @@ fn dreambooth_generates_class_images_and_trains() {
     cfg.save_every = 0;
     cfg.sample_every = 2;
     let out = train(&cfg, None, &mut Silent).unwrap();
-    assert_eq!(std::fs::read_dir(out.paths.class_images.join("0-sks")).unwrap().count(), 2, "one folder per concept, named by index and trigger");
+    assert_eq!(
+        std::fs::read_dir(out.paths.class_images.join("0-sks")).unwrap().count(),
+        2,
+        "one folder per concept, named by index and trigger"
+    );
     assert!(out.last.prior > 0.0);
     // Samples with and without the trigger.
     let samples: Vec<_> = std::fs::read_dir(&out.paths.samples).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -168,7 +178,13 @@ fn dreambooth_generates_class_images_and_trains() {
 #[test]
 fn bad_settings_are_clear_errors() {
     let (cfg, dir) = config("bad", Method::Cat);
-    let err = train(&TrainConfig { concepts: vec![Concept { data: dir.join("missing"), ..cfg.concepts[0].clone() }], ..cfg.clone() }, None, &mut Silent).err().unwrap();
+    let err = train(
+        &TrainConfig { concepts: vec![Concept { data: dir.join("missing"), ..cfg.concepts[0].clone() }], ..cfg.clone() },
+        None,
+        &mut Silent,
+    )
+    .err()
+    .unwrap();
     assert!(format!("{err:#}").contains("missing"), "{err:#}");
     let err = train(&TrainConfig { targets: vec!["to_nothing".into()], ..cfg.clone() }, None, &mut Silent).err().unwrap();
     assert!(format!("{err:#}").contains("to_nothing"), "{err:#}");

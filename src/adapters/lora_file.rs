@@ -187,9 +187,7 @@ fn leaf_name(module: &str) -> &str {
     let mut parts = module.rsplitn(3, '.');
     let last = parts.next().unwrap_or(module);
     match parts.next() {
-        Some(prev) if last.chars().all(|ch| ch.is_ascii_digit()) => {
-            &module[module.len() - last.len() - prev.len() - 1..]
-        }
+        Some(prev) if last.chars().all(|ch| ch.is_ascii_digit()) => &module[module.len() - last.len() - prev.len() - 1..],
         _ => last,
     }
 }
@@ -217,9 +215,7 @@ impl PeftAlpha {
             None => Value::Null,
         };
         // diffusers prefixes each field with the component; accept bare fields as well.
-        let field = |name: &str| {
-            json.get(format!("{}.{name}", c.diffusers_prefix())).or_else(|| json.get(name)).filter(|v| !v.is_null())
-        };
+        let field = |name: &str| json.get(format!("{}.{name}", c.diffusers_prefix())).or_else(|| json.get(name)).filter(|v| !v.is_null());
         let mut pattern = Vec::new();
         if let Some(Value::Object(p)) = field("alpha_pattern") {
             for (k, v) in p {
@@ -491,16 +487,13 @@ pub fn peft_bytes(lora: &LoraFile) -> Result<Vec<u8>> {
     let mut config: BTreeMap<String, Value> = BTreeMap::new();
     for c in [Component::Unet, Component::TextEncoder] {
         let entries: Vec<&LoraEntry> = lora.entries.iter().filter(|e| e.component == c).collect();
-        let (Some(r), Some(alpha)) =
-            (most_common(entries.iter().map(|e| e.rank)), most_common(entries.iter().map(|e| e.alpha)))
-        else {
+        let (Some(r), Some(alpha)) = (most_common(entries.iter().map(|e| e.rank)), most_common(entries.iter().map(|e| e.alpha))) else {
             continue;
         };
         let p = c.diffusers_prefix();
         for e in &entries {
             let base = format!("{p}.{}", e.module);
-            tensors
-                .insert(format!("{base}.lora_A.weight"), OwnedTensor { shape: e.down_shape(), data: e.down.clone() });
+            tensors.insert(format!("{base}.lora_A.weight"), OwnedTensor { shape: e.down_shape(), data: e.down.clone() });
             tensors.insert(format!("{base}.lora_B.weight"), OwnedTensor { shape: e.up_shape(), data: e.up.clone() });
         }
         // Full module paths, as diffusers itself writes them when it infers a config: PEFT then
@@ -575,13 +568,8 @@ pub fn summary(lora: &LoraFile) -> String {
     let format = lora.format.map_or("in memory", Format::name);
     let _ = writeln!(s, "format: {format}");
     let count = |c| lora.entries.iter().filter(|e| e.component == c).count();
-    let _ = writeln!(
-        s,
-        "modules: {} (unet {}, text encoder {})",
-        lora.entries.len(),
-        count(Component::Unet),
-        count(Component::TextEncoder)
-    );
+    let _ =
+        writeln!(s, "modules: {} (unet {}, text encoder {})", lora.entries.len(), count(Component::Unet), count(Component::TextEncoder));
     let mut ranks: BTreeMap<usize, usize> = BTreeMap::new();
     let mut alphas: BTreeMap<String, usize> = BTreeMap::new();
     let mut targets: BTreeMap<(Component, &str), usize> = BTreeMap::new();
@@ -605,11 +593,8 @@ pub fn summary(lora: &LoraFile) -> String {
         for (k, v) in &lora.metadata {
             // Long values (PEFT's JSON config, kohya's tag frequencies) would swamp the rest.
             let v = v.replace('\n', " ");
-            let shown = if v.chars().count() > 120 {
-                format!("{}… ({} chars)", v.chars().take(120).collect::<String>(), v.len())
-            } else {
-                v
-            };
+            let shown =
+                if v.chars().count() > 120 { format!("{}… ({} chars)", v.chars().take(120).collect::<String>(), v.len()) } else { v };
             let _ = writeln!(s, "  {k} = {shown}");
         }
     }
@@ -634,15 +619,10 @@ mod tests {
     /// The tiny UNet's LoRA'd module paths, taken from the PEFT fixture's keys (no model code yet).
     fn known() -> KnownModules {
         let f = SafeTensorsFile::open(&peft_fixture()).unwrap();
-        let unet: BTreeSet<String> = f
-            .names()
-            .filter_map(|k| k.strip_prefix("unet.")?.strip_suffix(".lora_A.weight").map(str::to_string))
-            .collect();
+        let unet: BTreeSet<String> =
+            f.names().filter_map(|k| k.strip_prefix("unet.")?.strip_suffix(".lora_A.weight").map(str::to_string)).collect();
         let text_encoder = (0..2)
-            .flat_map(|l| {
-                ["q_proj", "k_proj", "v_proj", "out_proj"]
-                    .map(|p| format!("text_model.encoder.layers.{l}.self_attn.{p}"))
-            })
+            .flat_map(|l| ["q_proj", "k_proj", "v_proj", "out_proj"].map(|p| format!("text_model.encoder.layers.{l}.self_attn.{p}")))
             .collect();
         KnownModules { unet: unet.into_iter().collect(), text_encoder }
     }
@@ -709,13 +689,10 @@ mod tests {
         let alpha = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.alpha";
         assert_eq!(k.f32(alpha).unwrap(), (vec![], vec![8.0]));
         // The PEFT header carries the same config fields, in the same JSON form, as the fixture's.
-        let ours: Value = serde_json::from_str(
-            &SafeTensorsFile::open(&dir.join("p.safetensors")).unwrap().metadata()["lora_adapter_metadata"],
-        )
-        .unwrap();
+        let ours: Value =
+            serde_json::from_str(&SafeTensorsFile::open(&dir.join("p.safetensors")).unwrap().metadata()["lora_adapter_metadata"]).unwrap();
         let theirs: Value =
-            serde_json::from_str(&SafeTensorsFile::open(&peft_fixture()).unwrap().metadata()["lora_adapter_metadata"])
-                .unwrap();
+            serde_json::from_str(&SafeTensorsFile::open(&peft_fixture()).unwrap().metadata()["lora_adapter_metadata"]).unwrap();
         for f in ["r", "lora_alpha", "rank_pattern", "alpha_pattern", "bias", "peft_type", "use_dora", "use_rslora"] {
             assert_eq!(ours[format!("unet.{f}")], theirs[format!("unet.{f}")], "{f}");
         }
@@ -737,10 +714,7 @@ mod tests {
         // Down without up.
         tensors.remove("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight");
         // Rank mismatch.
-        tensors.insert(
-            "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k.lora_up.weight".into(),
-            t(vec![64, 3]),
-        );
+        tensors.insert("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k.lora_up.weight".into(), t(vec![64, 3]));
         let path = dir.join("bad.safetensors");
         safetensors::write(&path, &tensors, src.metadata()).unwrap();
         let err = format!("{:#}", read(&path, &known()).unwrap_err());

@@ -151,7 +151,12 @@ pub fn unet_inputs(case: &BenchCase, channels: usize, context_dim: usize, device
 /// The training step's fixed inputs: the clean latent `x0` and the trigger caption's states are
 /// [`unet_inputs`]; the noise is `cos(0.23 i + 0.7)` and the plain caption's states
 /// `0.5 sin(0.11 j + 0.3)`.
-pub fn train_inputs(case: &BenchCase, channels: usize, context_dim: usize, device: &Device) -> (Tensor<4>, Tensor<4>, Tensor<3>, Tensor<3>) {
+pub fn train_inputs(
+    case: &BenchCase,
+    channels: usize,
+    context_dim: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>, Tensor<3>, Tensor<3>) {
     let (x0, trigger) = unet_inputs(case, channels, context_dim, device);
     let noise = formula([case.batch, channels, case.latent, case.latent], |i| (0.23 * i + 0.7).cos(), device);
     let plain = formula([case.batch, case.tokens, context_dim], |j| 0.5 * (0.11 * j + 0.3).sin(), device);
@@ -161,8 +166,10 @@ pub fn train_inputs(case: &BenchCase, channels: usize, context_dim: usize, devic
 /// The noise schedule of SD 1.x training (`scaled_linear`, 0.00085 .. 0.012, 1000 steps): the
 /// fixture's scheduler and SD 1.5's; `DDPMScheduler` with the same numbers on the torch side.
 pub fn train_noise_schedule() -> NoiseSchedule {
-    let cfg = SchedulerConfig::from_json(r#"{"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}"#)
-        .expect("a valid scheduler config");
+    let cfg = SchedulerConfig::from_json(
+        r#"{"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}"#,
+    )
+    .expect("a valid scheduler config");
     NoiseSchedule::new(&cfg)
 }
 

@@ -5,11 +5,7 @@ use anyhow::{Context, Result, bail};
 
 /// rayon's default pool size: `RAYON_NUM_THREADS`, else every CPU this process may use.
 pub fn default_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(cpus)
+    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0).unwrap_or_else(cpus)
 }
 
 /// The CPUs this process may use.

@@ -1,7 +1,7 @@
 //! One phase of a case, repeated, for a sampling profiler (`bench/op_profile.py` runs `perf` over
 //! it and sorts the samples by operation kind): the forward pass without a graph, forward +
 //! backward to the input, or a LoRA training step.
-use super::case::{BenchCase, TIMESTEP, TRAIN_TIMESTEP, train_inputs, unet_inputs, train_noise_schedule};
+use super::case::{BenchCase, TIMESTEP, TRAIN_TIMESTEP, train_inputs, train_noise_schedule, unet_inputs};
 use crate::adapters::lora::{LoraConfig, PAPER_UNET_TARGETS, Targets, attach_new};
 use crate::rng::Rng;
 use crate::training::adamw::{AdamW, AdamWConfig};
@@ -39,16 +39,23 @@ pub fn run_phase(case: &BenchCase, phase: Phase) -> Result<()> {
             }
         }
         Phase::LoraStep => {
-            let lora = LoraConfig { rank: 1, alpha: 1.0, unet_targets: PAPER_UNET_TARGETS.iter().map(|s| s.to_string()).collect(), text_encoder_targets: Vec::new() };
+            let lora = LoraConfig {
+                rank: 1,
+                alpha: 1.0,
+                unet_targets: PAPER_UNET_TARGETS.iter().map(|s| s.to_string()).collect(),
+                text_encoder_targets: Vec::new(),
+            };
             let adapter = attach_new(&mut Targets { unet: &mut unet, text_encoder: None }, &lora, &mut Rng::new(0))?;
-            let mut params = Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
+            let mut params =
+                Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
             let mut opt = AdamW::new(AdamWConfig::default(), params.zeros());
             let (x0, noise, trigger, _) = train_inputs(case, cfg.in_channels, cfg.cross_attention_dim, &device);
             let schedule = train_noise_schedule();
             let t = vec![TRAIN_TIMESTEP; case.batch];
             let cond = || trigger.clone();
             for _ in 0..runs {
-                let leaves = params.install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
+                let leaves = params
+                    .install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
                 let inputs = StepInputs {
                     zt: schedule.add_noise(x0.clone(), noise.clone(), &t),
                     timesteps: t.iter().map(|&t| t as f64).collect(),

@@ -53,23 +53,30 @@ impl Target {
 /// runs PyTorch's kernels and must not be slower; the pure-Rust default may take 1.5x.
 pub const UNET_FORWARD: Target = Target { what: "forward time, catlora / PyTorch", time: true, flex: Some(1.5), libtorch: Some(1.0) };
 pub const UNET_FWD_BWD: Target = Target { what: "fwd+bwd time, catlora / PyTorch", time: true, flex: Some(1.5), libtorch: Some(1.0) };
-pub const UNET_FORWARD_PEAK: Target = Target { what: "forward peak above runtime, catlora / PyTorch", time: false, flex: Some(1.0), libtorch: Some(1.0) };
-pub const UNET_FWD_BWD_PEAK: Target = Target { what: "fwd+bwd peak above runtime, catlora / PyTorch", time: false, flex: Some(1.0), libtorch: Some(1.0) };
+pub const UNET_FORWARD_PEAK: Target =
+    Target { what: "forward peak above runtime, catlora / PyTorch", time: false, flex: Some(1.0), libtorch: Some(1.0) };
+pub const UNET_FWD_BWD_PEAK: Target =
+    Target { what: "fwd+bwd peak above runtime, catlora / PyTorch", time: false, flex: Some(1.0), libtorch: Some(1.0) };
 
 /// A training step, same algorithm on both sides.
 pub const LORA_STEP: Target = Target { what: "LoRA step, catlora / PyTorch", time: true, flex: Some(1.5), libtorch: Some(1.0) };
 /// CAT against PyTorch running the same algorithm (the adapter switched off for the base pass):
 /// catlora runs the base pass without a graph and the two adapter passes one after the other.
-pub const CAT_STEP_VS_OFF: Target = Target { what: "CAT step, catlora / PyTorch adapter-off CAT", time: true, flex: Some(1.5), libtorch: Some(0.9) };
+pub const CAT_STEP_VS_OFF: Target =
+    Target { what: "CAT step, catlora / PyTorch adapter-off CAT", time: true, flex: Some(1.5), libtorch: Some(0.9) };
 /// CAT against the authors' formulation (a second UNet copy).
-pub const CAT_STEP_VS_AUTHORS: Target = Target { what: "CAT step, catlora / PyTorch authors' CAT", time: true, flex: Some(1.5), libtorch: Some(1.0) };
+pub const CAT_STEP_VS_AUTHORS: Target =
+    Target { what: "CAT step, catlora / PyTorch authors' CAT", time: true, flex: Some(1.5), libtorch: Some(1.0) };
 /// Three forward and two backward passes against one and one: the exact method's floor is 7/3.
 pub const CAT_OVER_LORA: Target = Target { what: "CAT step / LoRA step (catlora)", time: true, flex: Some(2.5), libtorch: Some(2.5) };
 pub const LORA_PEAK: Target = Target { what: "LoRA peak above load, catlora / PyTorch", time: false, flex: Some(1.0), libtorch: Some(1.0) };
-pub const CAT_PEAK_VS_OFF: Target = Target { what: "CAT peak above load, catlora / PyTorch adapter-off", time: false, flex: Some(1.0), libtorch: Some(1.0) };
+pub const CAT_PEAK_VS_OFF: Target =
+    Target { what: "CAT peak above load, catlora / PyTorch adapter-off", time: false, flex: Some(1.0), libtorch: Some(1.0) };
 /// CAT keeps no second model and no doubled batch.
-pub const CAT_PEAK_OVER_LORA: Target = Target { what: "CAT peak / LoRA peak above load (catlora)", time: false, flex: Some(1.1), libtorch: Some(1.1) };
-pub const CAT_PEAK_VS_AUTHORS: Target = Target { what: "CAT peak above load, catlora / PyTorch authors'", time: false, flex: Some(0.6), libtorch: Some(0.6) };
+pub const CAT_PEAK_OVER_LORA: Target =
+    Target { what: "CAT peak / LoRA peak above load (catlora)", time: false, flex: Some(1.1), libtorch: Some(1.1) };
+pub const CAT_PEAK_VS_AUTHORS: Target =
+    Target { what: "CAT peak above load, catlora / PyTorch authors'", time: false, flex: Some(0.6), libtorch: Some(0.6) };
 
 /// One ratio against its target.
 #[derive(Clone, Debug)]
@@ -157,7 +164,8 @@ mod tests {
         let v = verdict(&LORA_PEAK, Engine::Flex, 0.8, &busy);
         assert!(!v.withheld && v.met == Some(true));
         let mut text = Vec::new();
-        print_verdicts(&[verdict(&UNET_FORWARD, Engine::Flex, 2.0, &busy), verdict(&UNET_FORWARD, Engine::Flex, 2.0, &idle)], &mut text).unwrap();
+        print_verdicts(&[verdict(&UNET_FORWARD, Engine::Flex, 2.0, &busy), verdict(&UNET_FORWARD, Engine::Flex, 2.0, &idle)], &mut text)
+            .unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("withheld: not idle") && text.contains("MISSED"), "{text}");
     }

@@ -46,7 +46,13 @@ pub fn run_unet(python: &Path, case: &BenchCase, threads: usize) -> Result<Bench
 
 /// One training step of one case in PyTorch + peft, for each of `methods` (each in its own
 /// process).
-pub fn run_train(python: &Path, case: &BenchCase, methods: &[TrainMethod], settings: &TrainSettings, threads: usize) -> Result<Vec<TrainResult>> {
+pub fn run_train(
+    python: &Path,
+    case: &BenchCase,
+    methods: &[TrainMethod],
+    settings: &TrainSettings,
+    threads: usize,
+) -> Result<Vec<TrainResult>> {
     let names: Vec<&str> = methods.iter().map(|m| m.torch_name()).collect::<Result<_>>()?;
     let args = vec![
         "--cases".into(),

@@ -180,7 +180,8 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
         text_encoder_targets: Vec::new(),
     };
     let adapter = attach_new(&mut Targets { unet: &mut unet, text_encoder: None }, &lora, &mut Rng::new(0))?;
-    let mut params = Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
+    let mut params =
+        Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
     let mut opt = AdamW::new(AdamWConfig::default(), params.zeros());
 
     let schedule = train_noise_schedule();
@@ -196,7 +197,8 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
     for i in 0..=case.iters {
         let t = Instant::now();
         let zt = schedule.add_noise(x0.clone(), noise.clone(), &t_int);
-        let leaves = params.install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
+        let leaves =
+            params.install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
         let inputs = StepInputs {
             zt,
             timesteps: t_f64.clone(),
@@ -239,7 +241,8 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
             base.push(t.elapsed().as_secs_f64() * 1e3);
 
             let t = Instant::now();
-            let leaves = params.install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
+            let leaves = params
+                .install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
             let loss = mse(unet.forward(zt, &t_f64, &trigger), noise.clone(), None);
             let g = params.gradients(&leaves, &loss.backward())?;
             let _ = host(&g[g.len() - 1]);
@@ -332,14 +335,31 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
         return Ok(());
     };
     writeln!(out, "Training-step benchmark, f32: LoRA rank {} (alpha 1) on to_q/to_k/to_v/to_out.0 of every attention,", settings.rank)?;
-    writeln!(out, "AdamW lr {:e} (weight decay 1e-2) over the LoRA parameters, CAT lambda = {}, timestep {TRAIN_TIMESTEP}, random text states.", settings.lr, settings.lambda)?;
-    writeln!(out, "One step: z_t = add_noise(x0, noise, t) from fixed inputs, the forward and backward passes, the gradients, the AdamW update.")?;
+    writeln!(
+        out,
+        "AdamW lr {:e} (weight decay 1e-2) over the LoRA parameters, CAT lambda = {}, timestep {TRAIN_TIMESTEP}, random text states.",
+        settings.lr, settings.lambda
+    )?;
+    writeln!(
+        out,
+        "One step: z_t = add_noise(x0, noise, t) from fixed inputs, the forward and backward passes, the gradients, the AdamW update."
+    )?;
     writeln!(out, "  catlora LoRA: Params::install + cat_gradients(lambda 0) + AdamW::update on the device (1 forward, 1 backward)")?;
-    writeln!(out, "  catlora CAT:  the same with lambda {}: base forward on the same UNet with the adapter off and no graph, then 2 adapter", settings.lambda)?;
+    writeln!(
+        out,
+        "  catlora CAT:  the same with lambda {}: base forward on the same UNet with the adapter off and no graph, then 2 adapter",
+        settings.lambda
+    )?;
     writeln!(out, "                passes, each with its own backward (3 forwards, 2 backwards)")?;
     writeln!(out, "  torch LoRA:   peft add_adapter, zero_grad + forward + backward + AdamW.step")?;
-    writeln!(out, "  torch CAT(off): the adapter switched off (disable_adapters, no_grad) for the base pass, 3 forwards, 1 backward through 2")?;
-    writeln!(out, "  torch CAT(auth): the authors' second frozen UNet copy for the base prediction (no_grad), 3 forwards, 1 backward through 2")?;
+    writeln!(
+        out,
+        "  torch CAT(off): the adapter switched off (disable_adapters, no_grad) for the base pass, 3 forwards, 1 backward through 2"
+    )?;
+    writeln!(
+        out,
+        "  torch CAT(auth): the authors' second frozen UNet copy for the base prediction (no_grad), 3 forwards, 1 backward through 2"
+    )?;
     writeln!(out, "Step times: median of the timed steps after one warm-up step. Each (case, engine, method) in a fresh process.")?;
     writeln!(out, "Peaks: RSS high-water mark (VmHWM). 'above load' = the peak after loading the one UNet minus the RSS then; the")?;
     writeln!(out, "adapter, the optimizer, the authors' second UNet copy and the steps count; the loaded UNet itself does not.")?;
@@ -349,8 +369,11 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
     }
     writeln!(out)?;
     let torch = rows.iter().any(|r| r.torch_lora.is_some());
-    let heads: &[&str] =
-        if torch { &["catlora LoRA", "catlora CAT", "torch LoRA", "torch CAT(off)", "torch CAT(auth)"] } else { &["catlora LoRA", "catlora CAT"] };
+    let heads: &[&str] = if torch {
+        &["catlora LoRA", "catlora CAT", "torch LoRA", "torch CAT(off)", "torch CAT(auth)"]
+    } else {
+        &["catlora LoRA", "catlora CAT"]
+    };
     write!(out, "{:<10} {:<30}", "case", "metric")?;
     for h in heads {
         write!(out, " {h:>15}")?;
@@ -390,8 +413,18 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
         }
         if let (Some(b), Some(p)) = (r.cat.base_forward_ms, r.cat.adapter_pass_ms) {
             let rest = r.cat.step_ms - b - 2.0 * p;
-            writeln!(out, "{:<10} catlora CAT step, its parts timed alone: base forward (adapter off, no graph) {b:.1} ms + 2 x adapter", "")?;
-            writeln!(out, "{:<10}   pass (forward + backward + gradients) {p:.1} ms = {:.1} ms; step {:.1} ms, rest (install, AdamW, other) {rest:.1} ms", "", b + 2.0 * p, r.cat.step_ms)?;
+            writeln!(
+                out,
+                "{:<10} catlora CAT step, its parts timed alone: base forward (adapter off, no graph) {b:.1} ms + 2 x adapter",
+                ""
+            )?;
+            writeln!(
+                out,
+                "{:<10}   pass (forward + backward + gradients) {p:.1} ms = {:.1} ms; step {:.1} ms, rest (install, AdamW, other) {rest:.1} ms",
+                "",
+                b + 2.0 * p,
+                r.cat.step_ms
+            )?;
         }
         if cols.iter().flatten().any(|c| !c.hwm_reset) {
             writeln!(out, "{:<10} (the kernel refused the VmHWM reset: 'training' peaks include loading)", "")?;

@@ -1,7 +1,7 @@
 //! `catlora convert`: rewrites a LoRA file in kohya or diffusers (PEFT) naming.
 use anyhow::{Result, bail};
-use catlora::adapters::lora_file::{self, Format};
 use catlora::adapters::lora;
+use catlora::adapters::lora_file::{self, Format};
 use catlora::pipeline::model::StableDiffusion;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;

@@ -43,10 +43,32 @@ pub fn run(a: InspectArgs) -> Result<()> {
 /// Multi-word parts of SD UNet and CLIP module paths. kohya writes every `.` of a path as `_`, so
 /// these words are kept whole when the other `_` become `.` again.
 const WORDS: [&str; 26] = [
-    "transformer_blocks", "conv_shortcut", "time_emb_proj", "time_embedding", "final_layer_norm",
-    "down_blocks", "up_blocks", "mid_block", "text_model", "self_attn", "layer_norm1", "layer_norm2",
-    "proj_in", "proj_out", "out_proj", "to_out", "q_proj", "k_proj", "v_proj", "to_q", "to_k", "to_v",
-    "conv_in", "conv_out", "linear_1", "linear_2",
+    "transformer_blocks",
+    "conv_shortcut",
+    "time_emb_proj",
+    "time_embedding",
+    "final_layer_norm",
+    "down_blocks",
+    "up_blocks",
+    "mid_block",
+    "text_model",
+    "self_attn",
+    "layer_norm1",
+    "layer_norm2",
+    "proj_in",
+    "proj_out",
+    "out_proj",
+    "to_out",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "to_q",
+    "to_k",
+    "to_v",
+    "conv_in",
+    "conv_out",
+    "linear_1",
+    "linear_2",
 ];
 
 /// `down_blocks_0_attentions_1_transformer_blocks_0_attn1_to_out_0` →
@@ -55,9 +77,7 @@ fn undo_kohya(name: &str) -> String {
     let mut out = String::new();
     let mut rest = name;
     while !rest.is_empty() {
-        let word = WORDS.iter().find(|w| {
-            rest.starts_with(**w) && matches!(rest.as_bytes().get(w.len()), None | Some(b'_'))
-        });
+        let word = WORDS.iter().find(|w| rest.starts_with(**w) && matches!(rest.as_bytes().get(w.len()), None | Some(b'_')));
         let (part, tail) = match word {
             Some(w) => rest.split_at(w.len()),
             None => rest.split_at(rest.find('_').unwrap_or(rest.len())),

@@ -45,7 +45,8 @@ pub fn run(a: ToyArgs) -> Result<()> {
             let opts = PretrainOptions { seed: p.seed, reuse_clip: p.reuse_clip, reuse_vae: p.reuse_vae, ..PretrainOptions::default() }
                 .scaled(p.steps_scale);
             let report = pretrain(&p.out, &opts)?;
-            let total = report.seconds.get("total_training").copied().unwrap_or_default() + report.seconds.get("evaluation").copied().unwrap_or_default();
+            let total = report.seconds.get("total_training").copied().unwrap_or_default()
+                + report.seconds.get("evaluation").copied().unwrap_or_default();
             eprintln!("wrote {} and {} in {total:.0} s", p.out.join("sd").display(), p.out.join("clip").display());
             Ok(())
         }

@@ -301,10 +301,42 @@ mod tests {
 
         let mut args = BASE.to_vec();
         args.extend([
-            "--method", "dreambooth", "--rank", "8", "--alpha", "16", "--lr", "5e-5", "--lr-schedule", "cosine",
-            "--warmup", "10", "--steps", "20", "--batch", "2", "--grad-accum", "3", "--flip", "--random-crop=false",
-            "--min-snr-gamma", "5", "--seed", "7", "--format", "diffusers", "--targets", "to_q, to_v,te:q_proj",
-            "--sample-prompt", "a", "--sample-prompt", "b", "--class", "cat", "--cat-weight", "0.5",
+            "--method",
+            "dreambooth",
+            "--rank",
+            "8",
+            "--alpha",
+            "16",
+            "--lr",
+            "5e-5",
+            "--lr-schedule",
+            "cosine",
+            "--warmup",
+            "10",
+            "--steps",
+            "20",
+            "--batch",
+            "2",
+            "--grad-accum",
+            "3",
+            "--flip",
+            "--random-crop=false",
+            "--min-snr-gamma",
+            "5",
+            "--seed",
+            "7",
+            "--format",
+            "diffusers",
+            "--targets",
+            "to_q, to_v,te:q_proj",
+            "--sample-prompt",
+            "a",
+            "--sample-prompt",
+            "b",
+            "--class",
+            "cat",
+            "--cat-weight",
+            "0.5",
         ]);
         let c = parse(&args).unwrap();
         assert_eq!((c.method, c.rank, c.alpha, c.lr, c.schedule), (Method::Dreambooth, 8, 16.0, 5e-5, Schedule::Cosine));
@@ -329,10 +361,10 @@ mod tests {
         let p = path.to_str().unwrap();
         let c = parse(&["--config", p, "--rank", "2", "--class", "dog"]).unwrap();
         assert_eq!((c.rank, c.lr, c.flip, c.model.to_str()), (2, 2e-4, true, Some("base")));
-        assert_eq!(c.concepts.iter().map(|k| (k.trigger.as_str(), k.class.as_deref())).collect::<Vec<_>>(), [
-            ("ohwx", Some("dog")),
-            ("zkz", Some("dog"))
-        ]);
+        assert_eq!(
+            c.concepts.iter().map(|k| (k.trigger.as_str(), k.class.as_deref())).collect::<Vec<_>>(),
+            [("ohwx", Some("dog")), ("zkz", Some("dog"))]
+        );
         let c = parse(&["--config", p, "--flip=false", "--data", "n", "--trigger", "new"]).unwrap();
         assert!(!c.flip);
         assert_eq!(c.concepts.len(), 1);
@@ -344,8 +376,24 @@ mod tests {
     #[test]
     fn concepts_pair_up_and_mismatches_are_named() {
         let c = parse(&[
-            "--model", "m", "--out", "o", "--data", "a", "--trigger", "t1", "--data", "b", "--trigger", "t2",
-            "--class", "cat", "--class", "dog", "--class-data", "cls",
+            "--model",
+            "m",
+            "--out",
+            "o",
+            "--data",
+            "a",
+            "--trigger",
+            "t1",
+            "--data",
+            "b",
+            "--trigger",
+            "t2",
+            "--class",
+            "cat",
+            "--class",
+            "dog",
+            "--class-data",
+            "cls",
         ])
         .unwrap();
         let got: Vec<_> = c.concepts.iter().map(|k| (k.trigger.as_str(), k.class.as_deref(), k.class_data.clone())).collect();

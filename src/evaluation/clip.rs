@@ -84,8 +84,8 @@ impl ClipPreprocess {
         }
         let triple = |key: &str, into: &mut [f32; 3]| -> Result<()> {
             let Some(f) = v.get(key) else { return Ok(()) };
-            let vals: Vec<f32> = serde_json::from_value(f.clone())
-                .with_context(|| format!("{}: `{key}` = {f} is not a list of numbers", path.display()))?;
+            let vals: Vec<f32> =
+                serde_json::from_value(f.clone()).with_context(|| format!("{}: `{key}` = {f} is not a list of numbers", path.display()))?;
             *into = vals.try_into().map_err(|_| anyhow!("{}: `{key}` = {f} must have 3 values", path.display()))?;
             Ok(())
         };
@@ -123,7 +123,12 @@ impl ClipModel {
         }
         tokenizer.check_vocab_size(config.text_config.vocab_size, &dir.display().to_string())?;
         if !(1..=crate::models::config::MAX_DIM).contains(&config.projection_dim) {
-            bail!("{}: projection_dim {} is not between 1 and {}", config_path.display(), config.projection_dim, crate::models::config::MAX_DIM);
+            bail!(
+                "{}: projection_dim {} is not between 1 and {}",
+                config_path.display(),
+                config.projection_dim,
+                crate::models::config::MAX_DIM
+            );
         }
         let w = Weights::open_dir(dir, "model", device)?;
         let vc = &config.vision_config;
@@ -134,12 +139,7 @@ impl ClipModel {
             ClipPreprocess::openai(vc.image_size)
         };
         if preprocess.crop != vc.image_size {
-            bail!(
-                "{}: crop_size {} differs from vision_config.image_size {}",
-                preprocess_path.display(),
-                preprocess.crop,
-                vc.image_size
-            );
+            bail!("{}: crop_size {} differs from vision_config.image_size {}", preprocess_path.display(), preprocess.crop, vc.image_size);
         }
         Self::build(&w, &config, tokenizer, preprocess)
     }

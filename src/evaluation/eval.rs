@@ -154,7 +154,13 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
     let prompts: Vec<String> = opts
         .prompts
         .iter()
-        .map(|p| if p.split(|c: char| c.is_whitespace() || c == ',').any(|w| w == opts.trigger) { p.clone() } else { format!("{}, {p}", opts.trigger) })
+        .map(|p| {
+            if p.split(|c: char| c.is_whitespace() || c == ',').any(|w| w == opts.trigger) {
+                p.clone()
+            } else {
+                format!("{}, {p}", opts.trigger)
+            }
+        })
         .collect();
 
     let mut images = Vec::new();
@@ -170,7 +176,14 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
                 for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.iter().zip(&seeds) {
                     let file = format!("images/{name}/{variant}/p{pi:02}-s{seed}.png");
                     save_generated(&opts.out.join(&file), rgb, &p, seed, &model_name, (m > 0).then_some(name.as_str()))?;
-                    images.push(ImageRecord { model: name.clone(), prompt_index: pi, variant: variant.into(), prompt: text.clone(), seed, file });
+                    images.push(ImageRecord {
+                        model: name.clone(),
+                        prompt_index: pi,
+                        variant: variant.into(),
+                        prompt: text.clone(),
+                        seed,
+                        file,
+                    });
                 }
             }
         }

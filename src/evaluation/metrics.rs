@@ -45,8 +45,8 @@ pub fn identity_similarity(generated: &[Vec<f32>], training: &[Vec<f32>]) -> Res
     let mut sum = 0.0;
     for (i, g) in generated.iter().enumerate() {
         for (j, t) in training.iter().enumerate() {
-            sum += unit_similarity(g, t)
-                .map_err(|e| e.context(format!("identity similarity, generated image {i} / training image {j}")))?;
+            sum +=
+                unit_similarity(g, t).map_err(|e| e.context(format!("identity similarity, generated image {i} / training image {j}")))?;
         }
     }
     Ok(sum / (generated.len() * training.len()) as f64)

@@ -47,22 +47,43 @@ fn loss_svg(name: &str, log: &Path) -> Result<String> {
     // Per-step losses are noisy (random timesteps): draw a moving average.
     let smooth = |p: &[(f64, f64)]| -> Vec<(f64, f64)> {
         let w = (p.len() / 20).max(1);
-        (0..p.len()).map(|i| {
-            let lo = i.saturating_sub(w - 1);
-            (p[i].0, p[lo..=i].iter().map(|q| q.1).sum::<f64>() / (i + 1 - lo) as f64)
-        }).collect()
+        (0..p.len())
+            .map(|i| {
+                let lo = i.saturating_sub(w - 1);
+                (p[i].0, p[lo..=i].iter().map(|q| q.1).sum::<f64>() / (i + 1 - lo) as f64)
+            })
+            .collect()
     };
     let curves: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(k, p)| (*k, smooth(p))).collect();
     let (w, h, pad) = (480.0, 220.0, 36.0);
     let xmax = curves.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(1.0f64, f64::max);
     let ymax = curves.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(1e-12f64, f64::max);
     let colours = ["#222", "#1f77b4", "#d62728", "#2ca02c"];
-    let mut s = format!(r##"<figure><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="loss curves of {n}"><rect width="100%" height="100%" fill="#fff" stroke="#ccc"/>"##, n = escape(name));
-    let _ = write!(s, r#"<text x="4" y="14" font-size="11">{}</text><text x="{}" y="{}" font-size="11">step {}</text>"#, fmt(ymax), w - 90.0, h - 6.0, xmax as u64);
+    let mut s = format!(
+        r##"<figure><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="loss curves of {n}"><rect width="100%" height="100%" fill="#fff" stroke="#ccc"/>"##,
+        n = escape(name)
+    );
+    let _ = write!(
+        s,
+        r#"<text x="4" y="14" font-size="11">{}</text><text x="{}" y="{}" font-size="11">step {}</text>"#,
+        fmt(ymax),
+        w - 90.0,
+        h - 6.0,
+        xmax as u64
+    );
     for (i, (key, pts)) in curves.iter().enumerate() {
-        let points: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", pad + x / xmax * (w - 2.0 * pad), h - pad - y / ymax * (h - 2.0 * pad))).collect();
+        let points: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", pad + x / xmax * (w - 2.0 * pad), h - pad - y / ymax * (h - 2.0 * pad)))
+            .collect();
         let c = colours[i % colours.len()];
-        let _ = write!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/><text x="{}" y="{}" font-size="11" fill="{c}">{key}</text>"#, points.join(" "), w - 80.0, 16.0 + 14.0 * i as f64);
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/><text x="{}" y="{}" font-size="11" fill="{c}">{key}</text>"#,
+            points.join(" "),
+            w - 80.0,
+            16.0 + 14.0 * i as f64
+        );
     }
     let _ = write!(s, "</svg><figcaption>{} (moving average)</figcaption></figure>", escape(name));
     Ok(s)
@@ -71,13 +92,27 @@ fn loss_svg(name: &str, log: &Path) -> Result<String> {
 /// Renders the report. `logs` are the training logs found beside the adapters.
 pub fn render(out: &Path, r: &EvalResults, logs: &[(String, PathBuf)], title: &str, notes_html: &str) -> Result<String> {
     let mut h = String::new();
-    let _ = write!(h, r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{t}</title><style>
+    let _ = write!(
+        h,
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{t}</title><style>
 body{{font-family:system-ui,sans-serif;margin:24px;color:#222}} table{{border-collapse:collapse;margin:12px 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} th:first-child,td:first-child{{text-align:left}}
 .grid td{{text-align:center;vertical-align:top}} .grid img{{width:96px;height:96px;image-rendering:pixelated;margin:1px}}
-figure{{display:inline-block;margin:8px}} .note{{color:#555;max-width:60em}}</style></head><body><h1>{t}</h1>"#, t = escape(title));
+figure{{display:inline-block;margin:8px}} .note{{color:#555;max-width:60em}}</style></head><body><h1>{t}</h1>"#,
+        t = escape(title)
+    );
     h.push_str(notes_html);
-    let _ = write!(h, "<p>Trigger <code>{}</code>, {} prompts, seeds {:?}, {} steps of {}, CFG {}, {} px.</p>", escape(&r.trigger), r.prompts.len(), r.seeds, r.steps, escape(&r.sampler), r.cfg, r.resolution);
+    let _ = write!(
+        h,
+        "<p>Trigger <code>{}</code>, {} prompts, seeds {:?}, {} steps of {}, CFG {}, {} px.</p>",
+        escape(&r.trigger),
+        r.prompts.len(),
+        r.seeds,
+        r.steps,
+        escape(&r.sampler),
+        r.cfg,
+        r.resolution
+    );
 
     let extra_keys: Vec<String> = {
         let mut k: Vec<String> = r.models.iter().flat_map(|m| m.extra.keys().cloned()).collect();
@@ -91,7 +126,15 @@ figure{{display:inline-block;margin:8px}} .note{{color:#555;max-width:60em}}</st
     }
     h.push_str("</tr>");
     for m in &r.models {
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>", escape(&m.name), fmt(m.prompt_similarity), fmt(m.identity_similarity), m.kps.map_or("–".into(), fmt), fmt(m.diversity));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            escape(&m.name),
+            fmt(m.prompt_similarity),
+            fmt(m.identity_similarity),
+            m.kps.map_or("–".into(), fmt),
+            fmt(m.diversity)
+        );
         for k in &extra_keys {
             let _ = write!(h, "<td>{}</td>", m.extra.get(k).map_or("–".into(), |v| fmt(*v)));
         }
@@ -112,7 +155,8 @@ figure{{display:inline-block;margin:8px}} .note{{color:#555;max-width:60em}}</st
             for m in &models {
                 h.push_str("<td>");
                 for img in r.images.iter().filter(|i| i.prompt_index == pi && i.variant == variant && i.model == *m) {
-                    let bytes = std::fs::read(out.join(&img.file)).with_context(|| format!("cannot read {}", out.join(&img.file).display()))?;
+                    let bytes =
+                        std::fs::read(out.join(&img.file)).with_context(|| format!("cannot read {}", out.join(&img.file).display()))?;
                     let _ = write!(h, r#"<img alt="{} seed {}" src="data:image/png;base64,{}">"#, escape(m), img.seed, base64(&bytes));
                 }
                 h.push_str("</td>");
@@ -137,7 +181,9 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }

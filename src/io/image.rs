@@ -21,11 +21,7 @@ pub fn save_png(path: &Path, rgb: &[u8], width: u32, height: u32, text: &[(&str,
 }
 
 fn encode_png(rgb: &[u8], width: u32, height: u32, text: &[(&str, &str)]) -> Result<Vec<u8>> {
-    ensure!(
-        rgb.len() == width as usize * height as usize * 3,
-        "{} bytes of pixels for a {width}x{height} RGB image",
-        rgb.len()
-    );
+    ensure!(rgb.len() == width as usize * height as usize * 3, "{} bytes of pixels for a {width}x{height} RGB image", rgb.len());
     let mut out = Vec::new();
     let mut enc = png::Encoder::new(&mut out, width, height);
     enc.set_color(png::ColorType::Rgb);
@@ -50,9 +46,8 @@ fn encode_png(rgb: &[u8], width: u32, height: u32, text: &[(&str, &str)]) -> Res
 /// The text chunks (tEXt, zTXt, iTXt) before the image data of a PNG, as (keyword, text).
 pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader = png::Decoder::new(BufReader::new(file))
-        .read_info()
-        .with_context(|| format!("cannot read the PNG header of {}", path.display()))?;
+    let reader =
+        png::Decoder::new(BufReader::new(file)).read_info().with_context(|| format!("cannot read the PNG header of {}", path.display()))?;
     let info = reader.info();
     let mut out = Vec::new();
     for c in &info.uncompressed_latin1_text {
@@ -199,8 +194,7 @@ pub fn clip_preprocess(img: &RgbImage, size: u32, crop: u32, mean: [f32; 3], std
     let wide = imageops::resize(img, nw, h, FilterType::CatmullRom);
     let resized = imageops::resize(&wide, nw, nh, FilterType::CatmullRom);
     // Negative offsets are the zero padding of a too-small image.
-    let offset =
-        |side: u32| -> i64 { if crop > side { -(((crop - side) / 2) as i64) } else { ((side - crop) / 2) as i64 } };
+    let offset = |side: u32| -> i64 { if crop > side { -(((crop - side) / 2) as i64) } else { ((side - crop) / 2) as i64 } };
     let (left, top) = (offset(nw), offset(nh));
     let c = crop as usize;
     let mut out = vec![0f32; 3 * c * c];
@@ -315,10 +309,7 @@ mod tests {
         assert_eq!(png.dimensions(), (w as u32, h as u32));
         let max = ours[0].iter().zip(png.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
         let exact = ours[0].iter().zip(png.as_raw()).filter(|(a, b)| a == b).count();
-        println!(
-            "ddim_image.png vs tensor_to_rgb8: max diff {max}/255, {exact}/{} exact; float round trip {float_err:e}",
-            ours[0].len()
-        );
+        println!("ddim_image.png vs tensor_to_rgb8: max diff {max}/255, {exact}/{} exact; float round trip {float_err:e}", ours[0].len());
         assert!(max <= 1);
         assert!(float_err <= 1e-6);
     }
@@ -326,8 +317,7 @@ mod tests {
     #[test]
     fn clip_preprocess_matches_reference() {
         let dir = fixtures().join("tiny-clip");
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("preprocessor_config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("preprocessor_config.json")).unwrap()).unwrap();
         let size = cfg["size"]["shortest_edge"].as_u64().unwrap() as u32;
         let crop = cfg["crop_size"]["height"].as_u64().unwrap() as u32;
         let arr = |k: &str| -> [f32; 3] {

@@ -7,7 +7,8 @@ pub mod safetensors;
 /// other character `_`, no leading dot, at most 64 characters (a trigger such as `../../x`
 /// becomes `_._.._x`, never a path).
 pub fn safe_file_name(text: &str) -> String {
-    let mut s: String = text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).take(64).collect();
+    let mut s: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).take(64).collect();
     while s.starts_with('.') {
         s.replace_range(..1, "_");
     }

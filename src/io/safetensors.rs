@@ -69,15 +69,11 @@ pub struct SafeTensorsFile {
 impl SafeTensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
         if path.extension().is_some_and(|e| e == "bin" || e == "pt" || e == "ckpt") {
-            bail!(
-                "{}: pickle checkpoints are not read (they can run code); convert it to .safetensors",
-                path.display()
-            );
+            bail!("{}: pickle checkpoints are not read (they can run code); convert it to .safetensors", path.display());
         }
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: the map is read-only and the file is not modified by this process while mapped.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map {}", path.display()))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot memory-map {}", path.display()))?;
         let (data_start, tensors, metadata) =
             parse_header(&map).with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
         Ok(Self { path: path.to_path_buf(), map, data_start, tensors, metadata })
@@ -98,10 +94,7 @@ impl SafeTensorsFile {
 
     /// A tensor's header entry and raw little-endian bytes.
     fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
-        let info = self
-            .tensors
-            .get(name)
-            .with_context(|| format!("{}: no tensor named `{name}`", self.path.display()))?;
+        let info = self.tensors.get(name).with_context(|| format!("{}: no tensor named `{name}`", self.path.display()))?;
         Ok((info, &self.map[self.data_start + info.start..self.data_start + info.end]))
     }
 
@@ -112,10 +105,7 @@ impl SafeTensorsFile {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect(),
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
+            Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
             other => bail!("{}: tensor `{name}` has dtype {} where a float is expected", self.path.display(), other.name()),
         };
         Ok((info.shape.clone(), values))
@@ -178,7 +168,9 @@ fn describe(e: safetensors::SafeTensorError, bytes: &[u8]) -> anyhow::Error {
         E::InvalidOffset(name) => anyhow::anyhow!("tensor `{name}`: its data offsets overlap another tensor's or leave a gap"),
         E::ValidationOverflow => anyhow::anyhow!("a tensor's shape is too large to address ({})", inconsistent_tensor(bytes)),
         E::TensorInvalidInfo => anyhow::anyhow!("a tensor's data offsets do not fit its shape and dtype ({})", inconsistent_tensor(bytes)),
-        E::MetadataIncompleteBuffer => anyhow::anyhow!("the data section is not exactly the tensors' bytes (truncated file, or trailing data)"),
+        E::MetadataIncompleteBuffer => {
+            anyhow::anyhow!("the data section is not exactly the tensors' bytes (truncated file, or trailing data)")
+        }
         other => anyhow::anyhow!("{other:?}"),
     }
 }

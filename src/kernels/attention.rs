@@ -99,7 +99,9 @@ fn scores<T: Real>(q: &[T], k: &[T], dims: Dims, bh: usize, i0: usize, rows: usi
     let k0 = b * dims.m * hd + h * d;
     // SAFETY: Q_blk is rows × d at row stride hd inside q; K^T is d × m (row stride 1, column
     // stride hd) inside k; s holds rows × m.
-    unsafe { mm(rows, dims.m, d, s.as_mut_ptr(), dims.m, false, q.as_ptr().add(q0), hd, 1, k.as_ptr().add(k0), 1, hd, T::of(dims.scale())) };
+    unsafe {
+        mm(rows, dims.m, d, s.as_mut_ptr(), dims.m, false, q.as_ptr().add(q0), hd, 1, k.as_ptr().add(k0), 1, hd, T::of(dims.scale()))
+    };
     if dims.causal {
         for r in 0..rows {
             for v in &mut s[r * dims.m + (i0 + r + 1).min(dims.m)..(r + 1) * dims.m] {

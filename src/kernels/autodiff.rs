@@ -2,10 +2,10 @@
 //! backend's backward kernel, and only the gradients of tracked inputs are kept.
 use super::conv3x3::Needed;
 use super::{KernelBackward, KernelOps};
+use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::FloatTensor;
 
 impl<B: KernelOps + KernelBackward, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
@@ -42,7 +42,14 @@ impl<B: KernelOps + KernelBackward, C: CheckpointStrategy> KernelOps for Autodif
         }
     }
 
-    fn group_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, groups: usize, eps: f64, silu: bool) -> FloatTensor<Self> {
+    fn group_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct GroupNormBackward;
 

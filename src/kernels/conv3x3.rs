@@ -80,7 +80,17 @@ impl Geometry {
 
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, strides as (row, column), on every thread.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Real>(m: usize, n: usize, k: usize, dst: &mut [T], accumulate: bool, lhs: &[T], lhs_s: (usize, usize), rhs: &[T], rhs_s: (usize, usize)) {
+fn matmul<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    lhs_s: (usize, usize),
+    rhs: &[T],
+    rhs_s: (usize, usize),
+) {
     assert!(dst.len() >= m * n, "destination too small");
     // SAFETY: the destination is m × n row-major and checked above; the callers' operand views
     // are whole buffers of the stated shapes.
@@ -136,7 +146,17 @@ pub struct Needed {
 /// Backward: the gradients of the input, the weight and the bias from the output gradient
 /// `dy [n, o, h, w]`, each only when `needed` (empty otherwise).
 #[allow(clippy::too_many_arguments)]
-pub fn backward<T: Real>(x: &[T], n: usize, c: usize, h: usize, w: usize, weight: &[T], o: usize, dy: &[T], needed: Needed) -> (Vec<T>, Vec<T>, Vec<T>) {
+pub fn backward<T: Real>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    weight: &[T],
+    o: usize,
+    dy: &[T],
+    needed: Needed,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let g = Geometry::new(h, w);
     let mut dx = Vec::with_capacity(if needed.input { n * c * h * w } else { 0 });
     let mut dw = if needed.weight { vec![T::zero(); o * c * 9] } else { Vec::new() };
@@ -170,7 +190,9 @@ pub fn backward<T: Real>(x: &[T], n: usize, c: usize, h: usize, w: usize, weight
     }
     let db = (0..if needed.bias { o } else { 0 })
         .into_par_iter()
-        .map(|ch| (0..n).map(|img| dy[(img * o + ch) * h * w..][..h * w].iter().fold(T::zero(), |a, &v| a + v)).fold(T::zero(), |a, v| a + v))
+        .map(|ch| {
+            (0..n).map(|img| dy[(img * o + ch) * h * w..][..h * w].iter().fold(T::zero(), |a, &v| a + v)).fold(T::zero(), |a, v| a + v)
+        })
         .collect();
     (dx, dw, db)
 }
@@ -193,7 +215,8 @@ mod tests {
                                 for kw in 0..3 {
                                     let (ii, jj) = (i as isize + kh as isize - 1, j as isize + kw as isize - 1);
                                     if ii >= 0 && jj >= 0 && (ii as usize) < h && (jj as usize) < w {
-                                        s += weight[((oc * c + ic) * 3 + kh) * 3 + kw] * x[((b * c + ic) * h + ii as usize) * w + jj as usize];
+                                        s += weight[((oc * c + ic) * 3 + kh) * 3 + kw]
+                                            * x[((b * c + ic) * h + ii as usize) * w + jj as usize];
                                     }
                                 }
                             }

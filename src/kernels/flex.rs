@@ -57,7 +57,15 @@ fn gn_forward<T: Real>(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, grou
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gn_backward<T: Real>(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, groups: usize, eps: f64, silu: bool, grad: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
+fn gn_backward<T: Real>(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+    grad: FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
     let (x, xs) = data(&x);
     let (w, ws) = data(&weight);
     let (b, _) = data(&bias);
@@ -97,7 +105,8 @@ fn attention_grads<T: Real>(
     let (l, _) = data(&lse);
     let (g, _) = data(&grad);
     let dims = attention_dims(&qs, &ks, heads, causal);
-    let (dq, dk, dv) = attention::backward(slice::<T>(&q), slice::<T>(&k), slice::<T>(&v), slice::<T>(&o), slice::<T>(&l), slice::<T>(&g), dims);
+    let (dq, dk, dv) =
+        attention::backward(slice::<T>(&q), slice::<T>(&k), slice::<T>(&v), slice::<T>(&o), slice::<T>(&l), slice::<T>(&g), dims);
     (tensor(dq, qs), tensor(dk, ks.clone()), tensor(dv, ks))
 }
 

@@ -157,7 +157,10 @@ mod tests {
                     b[j] += e;
                     loss(&x, &w, &b)
                 });
-                assert!((gw - dw[j]).abs() < 1e-7 * (1.0 + gw.abs()) && (gb - db[j]).abs() < 1e-7 * (1.0 + gb.abs()), "silu {silu} channel {j}");
+                assert!(
+                    (gw - dw[j]).abs() < 1e-7 * (1.0 + gw.abs()) && (gb - db[j]).abs() < 1e-7 * (1.0 + gb.abs()),
+                    "silu {silu} channel {j}"
+                );
             }
         }
     }

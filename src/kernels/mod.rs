@@ -51,7 +51,14 @@ pub trait KernelOps: Backend {
 
     /// `silu(group_norm(x) · weight + bias)`, or without the SiLU: `x [N, C, H, W]`, `weight`
     /// and `bias [C]`.
-    fn group_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, groups: usize, eps: f64, silu: bool) -> FloatTensor<Self>;
+    fn group_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FloatTensor<Self>;
 
     /// Multi-head scaled dot-product attention on `q [B, N, heads·D]`, `k` and `v [B, M, heads·D]`.
     fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, heads: usize, causal: bool) -> FloatTensor<Self>;
@@ -83,7 +90,13 @@ pub trait KernelBackward: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// [`KernelOps::attention`] and each row's log-sum-exp `[B, heads, N]`.
-    fn attention_with_lse(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, heads: usize, causal: bool) -> (FloatTensor<Self>, FloatTensor<Self>);
+    fn attention_with_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        heads: usize,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// The gradients of `q`, `k` and `v` of [`KernelOps::attention`].
     #[allow(clippy::too_many_arguments)]
@@ -204,7 +217,13 @@ mod tests {
 
     /// Output and every input's gradient of `f` on fresh leaves, for a loss that weighs each
     /// output element differently.
-    fn run(f: fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>, x: &Tensor<4>, w: &Tensor<4>, b: &Tensor<1>, weights: &Tensor<4>) -> Vec<Vec<f64>> {
+    fn run(
+        f: fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>,
+        x: &Tensor<4>,
+        w: &Tensor<4>,
+        b: &Tensor<1>,
+        weights: &Tensor<4>,
+    ) -> Vec<Vec<f64>> {
         let (x, w, b) = (x.clone().autodiff().require_grad(), w.clone().autodiff().require_grad(), b.clone().autodiff().require_grad());
         let y = f(x.clone(), w.clone(), b.clone());
         let grads = (y.clone() * weights.clone()).sum().backward();
@@ -238,7 +257,13 @@ mod tests {
         }
     }
 
-    fn run1(f: fn(Tensor<4>, Tensor<1>, Tensor<1>) -> Tensor<4>, x: &Tensor<4>, w: &Tensor<1>, b: &Tensor<1>, weights: &Tensor<4>) -> Vec<Vec<f64>> {
+    fn run1(
+        f: fn(Tensor<4>, Tensor<1>, Tensor<1>) -> Tensor<4>,
+        x: &Tensor<4>,
+        w: &Tensor<1>,
+        b: &Tensor<1>,
+        weights: &Tensor<4>,
+    ) -> Vec<Vec<f64>> {
         let (x, w, b) = (x.clone().autodiff().require_grad(), w.clone().autodiff().require_grad(), b.clone().autodiff().require_grad());
         let y = f(x.clone(), w.clone(), b.clone());
         let grads = (y.clone() * weights.clone()).sum().backward();
@@ -257,7 +282,8 @@ mod tests {
                 let v = random([2, m, heads * d], dtype, &dev);
                 let r = random([2, n, heads * d], dtype, &dev);
                 let grads = |f: fn(Tensor<3>, Tensor<3>, Tensor<3>, usize, bool) -> Tensor<3>| {
-                    let (q, k, v) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad());
+                    let (q, k, v) =
+                        (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad());
                     let y = f(q.clone(), k.clone(), v.clone(), heads, causal);
                     let g = (y.clone() * r.clone()).sum().backward();
                     vec![host(y.without_autodiff()), host(q.grad(&g).unwrap()), host(k.grad(&g).unwrap()), host(v.grad(&g).unwrap())]

@@ -1,7 +1,7 @@
 //! One pre-norm CLIP encoder layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp.fc1/fc2`),
 //! shared by the text transformer (causal attention) and the vision transformer.
-use super::layers::{Attention, LayerNorm, Linear, LoraTarget, ParamVisitor, gelu, join, quick_gelu};
 use super::config::Activation;
+use super::layers::{Attention, LayerNorm, Linear, LoraTarget, ParamVisitor, gelu, join, quick_gelu};
 use super::weights::Weights;
 use anyhow::Result;
 use burn::tensor::Tensor;

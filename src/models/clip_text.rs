@@ -1,8 +1,8 @@
 //! The CLIP text transformer (transformers' `CLIPTextModel`): token and position embeddings,
 //! pre-norm causal self-attention layers, a final layer norm. Also the text tower of a full
 //! `CLIPModel`, used by the evaluation metrics.
-use super::config::ClipTextConfig;
 use super::clip_encoder::ClipEncoderLayer;
+use super::config::ClipTextConfig;
 use super::layers::{LayerNorm, LoraTarget, ParamVisitor, join};
 use super::weights::Weights;
 use anyhow::Result;

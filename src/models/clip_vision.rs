@@ -63,11 +63,7 @@ impl ClipVisionConfig {
             }
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            bail!(
-                "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size,
-                self.num_attention_heads
-            );
+            bail!("vision_config.hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads);
         }
         if !self.image_size.is_multiple_of(self.patch_size) {
             bail!("vision_config.image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size);

@@ -222,7 +222,11 @@ impl UNetConfig {
         let depth = self.transformer_layers_per_block.resolve(n, "transformer_layers_per_block")?;
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             dim(&format!("block_out_channels[{i}]"), c)?;
-            ensure!(c.is_multiple_of(self.norm_num_groups), "block_out_channels[{i}] = {c} is not divisible by norm_num_groups = {}", self.norm_num_groups);
+            ensure!(
+                c.is_multiple_of(self.norm_num_groups),
+                "block_out_channels[{i}] = {c} is not divisible by norm_num_groups = {}",
+                self.norm_num_groups
+            );
             ensure!(c.is_multiple_of(heads[i]), "block_out_channels[{i}] = {c} is not divisible by its {} attention heads", heads[i]);
             ensure!(depth[i] <= 64, "transformer_layers_per_block[{i}] = {} is more than 64", depth[i]);
         }
@@ -327,7 +331,11 @@ impl VaeConfig {
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             dim(&format!("block_out_channels[{i}]"), c)?;
-            ensure!(c.is_multiple_of(self.norm_num_groups), "block_out_channels[{i}] = {c} is not divisible by norm_num_groups = {}", self.norm_num_groups);
+            ensure!(
+                c.is_multiple_of(self.norm_num_groups),
+                "block_out_channels[{i}] = {c} is not divisible by norm_num_groups = {}",
+                self.norm_num_groups
+            );
         }
         positive("scaling_factor", self.scaling_factor)?;
         if let Some(s) = self.shift_factor {
@@ -394,12 +402,7 @@ impl ClipTextConfig {
         ] {
             dim(field, v)?;
         }
-        ensure!(
-            (1..=1 << 20).contains(&self.vocab_size),
-            "`vocab_size` is {}; it must be between 1 and {}",
-            self.vocab_size,
-            1 << 20
-        );
+        ensure!((1..=1 << 20).contains(&self.vocab_size), "`vocab_size` is {}; it must be between 1 and {}", self.vocab_size, 1 << 20);
         ensure!(
             self.hidden_size.is_multiple_of(self.num_attention_heads),
             "hidden_size {} is not divisible by num_attention_heads {}",

@@ -4,10 +4,10 @@
 use super::weights::Weights;
 use crate::adapters::lora::LoraBranch;
 use anyhow::Result;
+use burn::tensor::Tensor;
 use burn::tensor::activation;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Tensor;
 
 /// Visits every parameter tensor of a model by its diffusers name, so tests and tools can mark
 /// them trainable, read their gradients or perturb them.
@@ -77,8 +77,12 @@ impl Conv2d {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut y = match &self.bias {
-            Some(b) if self.kernel == 3 && self.stride == 1 && self.padding == 1 => crate::kernels::conv3x3(x.clone(), self.weight.clone(), b.clone()),
-            _ => conv2d(x.clone(), self.weight.clone(), self.bias.clone(), ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1)),
+            Some(b) if self.kernel == 3 && self.stride == 1 && self.padding == 1 => {
+                crate::kernels::conv3x3(x.clone(), self.weight.clone(), b.clone())
+            }
+            _ => {
+                conv2d(x.clone(), self.weight.clone(), self.bias.clone(), ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1))
+            }
         };
         if !self.lora.is_empty() {
             // A 1x1 convolution is a linear map over channels: apply the branches channels-last.
@@ -147,16 +151,8 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn load(w: &Weights, prefix: &str, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        anyhow::ensure!(
-            channels.is_multiple_of(groups),
-            "{prefix}: {channels} channels do not divide into {groups} normalisation groups"
-        );
-        Ok(Self {
-            weight: w.tensor(&join(prefix, "weight"), [channels])?,
-            bias: w.tensor(&join(prefix, "bias"), [channels])?,
-            groups,
-            eps,
-        })
+        anyhow::ensure!(channels.is_multiple_of(groups), "{prefix}: {channels} channels do not divide into {groups} normalisation groups");
+        Ok(Self { weight: w.tensor(&join(prefix, "weight"), [channels])?, bias: w.tensor(&join(prefix, "bias"), [channels])?, groups, eps })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {

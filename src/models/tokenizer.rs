@@ -21,8 +21,7 @@ const DEFAULT_MAX_LEN: usize = 77;
 /// the 256 bytes and the 2 special tokens).
 const SLOW_MERGES: usize = 49152 - 256 - 2;
 /// CLIP's word regex (the `Split` pre-tokenizer of tokenizer.json).
-const WORD_PATTERN: &str =
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const WORD_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// GPT-2's regex, which the fast tokenizer's `ByteLevel` pre-tokenizer applies again to each CLIP
 /// word. Words hold no whitespace, so its whitespace branches are dropped; in practice it only
 /// splits a lowercased `<|ENDOFTEXT|>` (not an added token: those match case-sensitively) into
@@ -315,11 +314,7 @@ fn parse_vocab(value: &Value, path: &Path) -> Result<HashMap<String, u32>> {
 /// the tokenizers crate also requires.
 fn index_merges(vocab: &HashMap<String, u32>, merges: &[(String, String)]) -> Result<HashMap<(u32, u32), (u32, u32)>> {
     let id = |t: &str| vocab.get(t).copied().with_context(|| format!("merge token `{t}` is not in the vocabulary"));
-    merges
-        .iter()
-        .enumerate()
-        .map(|(rank, (a, b))| Ok(((id(a)?, id(b)?), (rank as u32, id(&format!("{a}{b}"))?))))
-        .collect()
+    merges.iter().enumerate().map(|(rank, (a, b))| Ok(((id(a)?, id(b)?), (rank as u32, id(&format!("{a}{b}"))?)))).collect()
 }
 
 /// A special token in tokenizer_config.json: a string or `{"content": ...}`.
@@ -366,10 +361,8 @@ mod tests {
     }
 
     fn reference() -> (Vec<String>, Vec<Vec<u32>>) {
-        let json: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap();
-        let prompts: Vec<String> =
-            json["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap();
+        let prompts: Vec<String> = json["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
         let file = SafeTensorsFile::open(&fixtures().join("reference.safetensors")).unwrap();
         let (shape, ids) = file.i64("prompt_ids").unwrap();
         assert_eq!(shape, vec![prompts.len(), 77]);
@@ -487,10 +480,7 @@ mod tests {
                 "\u{65e5}\u{672c}\u{8a9e}\u{306e}\u{30c6}\u{30ad}\u{30b9}\u{30c8}",
                 &[39121, 44353, 34002, 252, 21575, 2429, 228, 47121, 32421, 486],
             ),
-            (
-                "\u{fc}ber-stra\u{df}e \u{3a3}\u{391}\u{3a3}",
-                &[6522, 1516, 268, 1894, 127, 253, 324, 139, 225, 138, 109, 139, 481],
-            ),
+            ("\u{fc}ber-stra\u{df}e \u{3a3}\u{391}\u{3a3}", &[6522, 1516, 268, 1894, 127, 253, 324, 139, 225, 138, 109, 139, 481]),
             ("x<|endoftext|>y", &[343, 49407, 344]),
         ];
         for (text, want) in cases {

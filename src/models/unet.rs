@@ -117,7 +117,12 @@ impl Transformer2D {
                 },
             });
         }
-        Ok(Self { norm: GroupNorm::load(w, &join(p, "norm"), cfg.norm_num_groups, channels, 1e-6)?, proj_in: proj("proj_in")?, blocks, proj_out: proj("proj_out")? })
+        Ok(Self {
+            norm: GroupNorm::load(w, &join(p, "norm"), cfg.norm_num_groups, channels, 1e-6)?,
+            proj_in: proj("proj_in")?,
+            blocks,
+            proj_out: proj("proj_out")?,
+        })
     }
 
     fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
@@ -389,7 +394,9 @@ impl UNet {
         self.time_linear_1.visit("time_embedding.linear_1", v);
         self.time_linear_2.visit("time_embedding.linear_2", v);
         self.conv_in.visit("conv_in", v);
-        for (prefix, levels, sampler) in [("down_blocks", &mut self.down, "downsamplers.0.conv"), ("up_blocks", &mut self.up, "upsamplers.0.conv")] {
+        for (prefix, levels, sampler) in
+            [("down_blocks", &mut self.down, "downsamplers.0.conv"), ("up_blocks", &mut self.up, "upsamplers.0.conv")]
+        {
             for (i, level) in levels.iter_mut().enumerate() {
                 let p = format!("{prefix}.{i}");
                 for (j, r) in level.resnets.iter_mut().enumerate() {

@@ -202,7 +202,10 @@ impl Vae {
 
     pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
         self.enc_conv_in.visit("encoder.conv_in", v);
-        for (prefix, blocks, sampler) in [("encoder.down_blocks", &mut self.enc_blocks, "downsamplers.0.conv"), ("decoder.up_blocks", &mut self.dec_blocks, "upsamplers.0.conv")] {
+        for (prefix, blocks, sampler) in [
+            ("encoder.down_blocks", &mut self.enc_blocks, "downsamplers.0.conv"),
+            ("decoder.up_blocks", &mut self.dec_blocks, "upsamplers.0.conv"),
+        ] {
             for (i, b) in blocks.iter_mut().enumerate() {
                 for (j, r) in b.resnets.iter_mut().enumerate() {
                     r.visit(&format!("{prefix}.{i}.resnets.{j}"), v);

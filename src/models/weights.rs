@@ -33,12 +33,9 @@ impl Weights {
         let index = dir.join(format!("{stem}.safetensors.index.json"));
         if index.is_file() {
             let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .with_context(|| format!("{}: no `weight_map` object", index.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+            let map =
+                v.get("weight_map").and_then(|m| m.as_object()).with_context(|| format!("{}: no `weight_map` object", index.display()))?;
             let mut shards = Vec::new();
             for (tensor, file) in map {
                 let name = file.as_str().with_context(|| format!("{}: the shard of `{tensor}` is not a file name", index.display()))?;
@@ -55,10 +52,7 @@ impl Weights {
         }
         for bin in [format!("{stem}.bin"), "pytorch_model.bin".to_string()] {
             if dir.join(&bin).is_file() {
-                bail!(
-                    "{}: only a pickle checkpoint `{bin}` is present; catlora reads safetensors only (convert it first)",
-                    dir.display()
-                );
+                bail!("{}: only a pickle checkpoint `{bin}` is present; catlora reads safetensors only (convert it first)", dir.display());
             }
         }
         bail!("{}: no weights found (looked for {} and {})", dir.display(), candidates[0], candidates[1])
@@ -101,9 +95,7 @@ impl Weights {
         if let Source::Random(r) = &self.source {
             return Ok(r.values(name, shape));
         }
-        let f = self
-            .locate(name)
-            .with_context(|| format!("{}: missing tensor `{name}` (expected shape {shape:?})", self.describe()))?;
+        let f = self.locate(name).with_context(|| format!("{}: missing tensor `{name}` (expected shape {shape:?})", self.describe()))?;
         let (got, values) = f.f32_finite(name)?;
         if got != shape {
             bail!("{}: tensor `{name}` has shape {got:?}, expected {shape:?}", f.path().display());

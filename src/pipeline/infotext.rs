@@ -64,7 +64,20 @@ mod tests {
             "a cat <lora:cat:0.8>\nNegative prompt: blurry\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1, \
              Size: 512x512, Model: sd15, Lora hashes: \"cat: 0123abcd\""
         );
-        let p = GenerateParams { prompt: "a dog".into(), negative_prompt: String::new(), sampler: SamplerKind::EulerAncestral, steps: 20, cfg: 7.0, width: 768, seed: 42, clip_skip: 2, ..p };
-        assert_eq!(infotext(&p, "m", &[], &[]), "a dog\nSteps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 42, Size: 768x512, Model: m, Clip skip: 2");
+        let p = GenerateParams {
+            prompt: "a dog".into(),
+            negative_prompt: String::new(),
+            sampler: SamplerKind::EulerAncestral,
+            steps: 20,
+            cfg: 7.0,
+            width: 768,
+            seed: 42,
+            clip_skip: 2,
+            ..p
+        };
+        assert_eq!(
+            infotext(&p, "m", &[], &[]),
+            "a dog\nSteps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 42, Size: 768x512, Model: m, Clip skip: 2"
+        );
     }
 }

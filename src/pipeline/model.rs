@@ -28,11 +28,7 @@ fn check_index(dir: &Path) -> Result<()> {
         bail!("{} is not a diffusers pipeline folder: it has no model_index.json", dir.display());
     }
     let index: serde_json::Value = read_json(&path)?;
-    let expect = [
-        ("text_encoder", "CLIPTextModel"),
-        ("unet", "UNet2DConditionModel"),
-        ("vae", "AutoencoderKL"),
-    ];
+    let expect = [("text_encoder", "CLIPTextModel"), ("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL")];
     for (component, class) in expect {
         let got = index.get(component).and_then(|v| v.get(1)).and_then(|v| v.as_str());
         if got != Some(class) {
@@ -54,7 +50,11 @@ impl ModelConfigs {
     pub fn read(dir: &Path) -> Result<Self> {
         check_index(dir)?;
         let sub = |name: &str| dir.join(name).join("config.json");
-        let c = Self { text_encoder: ClipTextConfig::load(&sub("text_encoder"))?, unet: UNetConfig::load(&sub("unet"))?, vae: VaeConfig::load(&sub("vae"))? };
+        let c = Self {
+            text_encoder: ClipTextConfig::load(&sub("text_encoder"))?,
+            unet: UNetConfig::load(&sub("unet"))?,
+            vae: VaeConfig::load(&sub("vae"))?,
+        };
         if c.text_encoder.hidden_size != c.unet.cross_attention_dim {
             bail!(
                 "{}: the text encoder's hidden size {} differs from the UNet's cross_attention_dim {}",
@@ -125,7 +125,8 @@ impl StableDiffusion {
         Ok(Self {
             dir: dir.to_path_buf(),
             tokenizer,
-            text_encoder: ClipTextModel::load(&te_w, &te_cfg, None).with_context(|| format!("loading {}", sub("text_encoder").display()))?,
+            text_encoder: ClipTextModel::load(&te_w, &te_cfg, None)
+                .with_context(|| format!("loading {}", sub("text_encoder").display()))?,
             unet: UNet::load(&unet_w, &unet_cfg).with_context(|| format!("loading {}", sub("unet").display()))?,
             vae: Vae::load(&vae_w, &vae_cfg).with_context(|| format!("loading {}", sub("vae").display()))?,
             scheduler: schedulers::load(&sub("scheduler").join("scheduler_config.json"))?,
@@ -140,7 +141,11 @@ impl StableDiffusion {
         for p in prompts {
             let len = self.tokenizer.encode(p).len();
             if len + 2 > n {
-                eprintln!("warning: the prompt has {len} tokens; the text encoder reads {} of them and drops the last {}: {p:?}", n - 2, len + 2 - n);
+                eprintln!(
+                    "warning: the prompt has {len} tokens; the text encoder reads {} of them and drops the last {}: {p:?}",
+                    n - 2,
+                    len + 2 - n
+                );
             }
         }
     }

@@ -119,7 +119,11 @@ pub fn generate_with_noise(
         // One sum per step: a NaN or infinity anywhere would otherwise end as a black image.
         let sum = x.clone().sum().into_data().convert::<f64>().as_slice::<f64>().map_or(f64::NAN, |v| v[0]);
         if !sum.is_finite() {
-            bail!("sampling step {} of {} (timestep {t}) gave non-finite latents: the model, the LoRA or the settings produce NaN or infinity", i + 1, timesteps.len());
+            bail!(
+                "sampling step {} of {} (timestep {t}) gave non-finite latents: the model, the LoRA or the settings produce NaN or infinity",
+                i + 1,
+                timesteps.len()
+            );
         }
         progress(i + 1, timesteps.len());
     }

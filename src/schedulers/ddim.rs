@@ -1,11 +1,10 @@
 //! DDIM (diffusers `DDIMScheduler`) with eta = 0: deterministic, no noise drawn.
 use burn::tensor::Tensor;
 
-use super::{Sampler, StepNoise};
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::noise::NoiseSchedule;
 use super::spacing::train_spaced;
-
+use super::{Sampler, StepNoise};
 
 pub struct Ddim {
     schedule: NoiseSchedule,
@@ -24,8 +23,7 @@ impl Ddim {
         let train = config.num_train_timesteps;
         let spacing = config.spacing(TimestepSpacing::Leading);
         let timesteps = train_spaced(spacing, steps, train, config.steps_offset, true);
-        let final_alpha_cumprod =
-            if config.set_alpha_to_one.unwrap_or(true) { 1.0 } else { schedule.alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) { 1.0 } else { schedule.alphas_cumprod[0] };
         Self {
             schedule,
             timesteps,
@@ -65,10 +63,9 @@ impl Sampler for Ddim {
                 let eps = (sample - model_output.clone().mul_scalar(sa)).div_scalar(sb);
                 (model_output, eps)
             }
-            PredictionType::VPrediction => (
-                sample.clone().mul_scalar(sa) - model_output.clone().mul_scalar(sb),
-                model_output.mul_scalar(sa) + sample.mul_scalar(sb),
-            ),
+            PredictionType::VPrediction => {
+                (sample.clone().mul_scalar(sa) - model_output.clone().mul_scalar(sb), model_output.mul_scalar(sa) + sample.mul_scalar(sb))
+            }
         };
         let x0 = match self.clip {
             Some(r) => x0.clamp(-r, r),

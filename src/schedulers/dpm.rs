@@ -3,11 +3,10 @@
 //! optionally on Karras sigmas. Works on the data prediction x0 and keeps the previous one.
 use burn::tensor::Tensor;
 
-use super::{Sampler, StepNoise};
 use super::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 use super::noise::NoiseSchedule;
 use super::spacing::{interp, karras, leading, linspace, ln_f32, round, sigma_to_t, trailing};
-
+use super::{Sampler, StepNoise};
 
 pub struct DpmPp2m {
     timesteps: Vec<f64>,
@@ -41,7 +40,6 @@ impl DpmPp2m {
         Self { timesteps, sigmas, prediction: config.prediction_type, previous: None }
     }
 
-
     /// (alpha_t, sigma_t, lambda_t = log alpha_t - log sigma_t) of the VP process at `sigma`, float32.
     fn alpha_sigma_lambda(sigma: f32) -> (f32, f32, f32) {
         let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
@@ -60,9 +58,7 @@ fn spaced(config: &SchedulerConfig, schedule: &NoiseSchedule, steps: usize) -> V
         t
     };
     match config.spacing(TimestepSpacing::Linspace) {
-        TimestepSpacing::Linspace => {
-            drop_zero(linspace(0.0, (last - 1) as f64, steps + 1).into_iter().rev().map(round).collect())
-        }
+        TimestepSpacing::Linspace => drop_zero(linspace(0.0, (last - 1) as f64, steps + 1).into_iter().rev().map(round).collect()),
         TimestepSpacing::Leading => drop_zero(leading(steps + 1, steps + 1, last, config.steps_offset)),
         TimestepSpacing::Trailing => trailing(steps, train, last),
     }

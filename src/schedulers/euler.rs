@@ -3,11 +3,10 @@
 //! ancestral one stepping below the next sigma and adding fresh noise back up to it.
 use burn::tensor::Tensor;
 
-use super::{Sampler, StepNoise};
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::noise::NoiseSchedule;
 use super::spacing::{interp, train_spaced};
-
+use super::{Sampler, StepNoise};
 
 /// What both Euler variants share: timesteps, float32 sigmas (one more than timesteps, ending
 /// at 0) and the initial noise scale.
@@ -60,7 +59,6 @@ impl Euler {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Self {
         Self(Sigmas::new(config, steps))
     }
-
 }
 
 impl Sampler for Euler {
@@ -96,13 +94,7 @@ impl EulerAncestral {
     }
 
     /// `step` with the fresh noise given.
-    pub fn step_with_noise(
-        &self,
-        model_output: Tensor<4>,
-        step: usize,
-        sample: Tensor<4>,
-        noise: Tensor<4>,
-    ) -> Tensor<4> {
+    pub fn step_with_noise(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Tensor<4>) -> Tensor<4> {
         let (from, to) = (self.0.sigmas[step], self.0.sigmas[step + 1]);
         let x0 = self.0.denoised(model_output, from, &sample);
         let up = (to * to * (from * from - to * to) / (from * from)).sqrt();

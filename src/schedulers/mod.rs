@@ -62,8 +62,7 @@ pub enum SamplerKind {
 }
 
 impl SamplerKind {
-    pub const ALL: [SamplerKind; 5] =
-        [Self::Ddim, Self::Euler, Self::EulerAncestral, Self::DpmPp2m, Self::DpmPp2mKarras];
+    pub const ALL: [SamplerKind; 5] = [Self::Ddim, Self::Euler, Self::EulerAncestral, Self::DpmPp2m, Self::DpmPp2mKarras];
 
     /// AUTOMATIC1111's name (its infotext and sampler menu).
     pub fn a1111_name(self) -> &'static str {

@@ -22,10 +22,7 @@ impl NoiseSchedule {
             (Some(b), _) => b.iter().map(|&b| b as f32).collect(),
             (None, BetaSchedule::Linear) => torch_linspace_f32(config.beta_start as f32, config.beta_end as f32, n),
             (None, BetaSchedule::ScaledLinear) => {
-                torch_linspace_f32(config.beta_start.sqrt() as f32, config.beta_end.sqrt() as f32, n)
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
+                torch_linspace_f32(config.beta_start.sqrt() as f32, config.beta_end.sqrt() as f32, n).into_iter().map(|b| b * b).collect()
             }
             (None, BetaSchedule::SquaredcosCapV2) => cosine_betas(n),
         };
@@ -97,9 +94,7 @@ pub fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     }
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n)
-        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((n - 1 - i) as f32, end) })
-        .collect()
+    (0..n).map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((n - 1 - i) as f32, end) }).collect()
 }
 
 /// `betas_for_alpha_bar(n)` with the cosine alpha_bar ("squaredcos_cap_v2"), computed in double
@@ -141,8 +136,7 @@ mod tests {
         assert_eq!((bit_sum(&s.betas), bit_sum(&s.alphas_cumprod)), (998752110865, 1043681188921));
         let linear = NoiseSchedule::new(&SchedulerConfig::default());
         assert_eq!((bit_sum(&linear.betas), bit_sum(&linear.alphas_cumprod)), (1005749913854, 1023901992452));
-        let cos =
-            NoiseSchedule::new(&SchedulerConfig { beta_schedule: BetaSchedule::SquaredcosCapV2, ..Default::default() });
+        let cos = NoiseSchedule::new(&SchedulerConfig { beta_schedule: BetaSchedule::SquaredcosCapV2, ..Default::default() });
         assert_eq!((bit_sum(&cos.betas), bit_sum(&cos.alphas_cumprod)), (995455898761, 1047867286302));
     }
 

@@ -40,13 +40,7 @@ pub fn trailing(num: usize, train: usize, last: usize) -> Vec<f64> {
 
 /// Timesteps of DDIM and Euler for `num` steps (`linspace(0, train - 1, num)`, rounded for DDIM,
 /// float32 for Euler; `leading` plus `steps_offset`; `trailing`).
-pub fn train_spaced(
-    spacing: TimestepSpacing,
-    num: usize,
-    train: usize,
-    offset: usize,
-    round_linspace: bool,
-) -> Vec<f64> {
+pub fn train_spaced(spacing: TimestepSpacing, num: usize, train: usize, offset: usize, round_linspace: bool) -> Vec<f64> {
     match spacing {
         TimestepSpacing::Linspace => linspace(0.0, (train - 1) as f64, num)
             .into_iter()

@@ -109,8 +109,7 @@ fn trajectories_match_diffusers() {
                     None => s.step(out, i, x, &mut rng),
                 };
             }
-            let got: Vec<f64> =
-                x.into_data().as_slice::<f32>().unwrap().to_vec().into_iter().map(|v| v as f64).collect();
+            let got: Vec<f64> = x.into_data().as_slice::<f32>().unwrap().to_vec().into_iter().map(|v| v as f64).collect();
             close(&got, &floats(want), 1e-6, &key);
         }
     }
@@ -126,14 +125,8 @@ fn other_schedules_match_diffusers() {
     let sd = r#""beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1"#;
     let cases = [
         ("dpm/clipped/linspace/10", dpm(&format!(r#"{sd}, "lambda_min_clipped": -2.0"#), false, 10)),
-        (
-            "dpm/clipped/trailing/10",
-            dpm(&format!(r#"{sd}, "lambda_min_clipped": -2.0, "timestep_spacing": "trailing""#), false, 10),
-        ),
-        (
-            "dpm/clipped/leading/10",
-            dpm(&format!(r#"{sd}, "lambda_min_clipped": -2.0, "timestep_spacing": "leading""#), false, 10),
-        ),
+        ("dpm/clipped/trailing/10", dpm(&format!(r#"{sd}, "lambda_min_clipped": -2.0, "timestep_spacing": "trailing""#), false, 10)),
+        ("dpm/clipped/leading/10", dpm(&format!(r#"{sd}, "lambda_min_clipped": -2.0, "timestep_spacing": "leading""#), false, 10)),
         ("dpm/cosine/karras/10", dpm(r#""beta_schedule": "squaredcos_cap_v2""#, true, 10)),
         ("dpm/linear/karras/15", dpm("", true, 15)),
     ];

@@ -1,12 +1,12 @@
 //! A trainable transformers `CLIPModel`: the crate's CLIP text and vision transformers, both
 //! projections and the learnable temperature, all visited by their transformers names so that
 //! the trained weights load back with `evaluation::clip::ClipModel::load`.
-use crate::training::params::{Each, ParamSource, Slot};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModel};
 use crate::models::config::ClipTextConfig;
 use crate::models::layers::{Linear, ParamVisitor};
 use crate::models::weights::Weights;
+use crate::training::params::{Each, ParamSource, Slot};
 use anyhow::Result;
 use burn::tensor::{Tensor, TensorData};
 

@@ -22,10 +22,10 @@ use super::world;
 use crate::evaluation::eval::{EvalOptions, EvalResults, ModelSet, evaluate, folder_name, generate_seeded, save_generated, write_outputs};
 use crate::io::image::{RgbImage, load_rgb, save_png};
 use crate::pipeline::txt2img::GenerateParams;
-use crate::training::trigger::remove_trigger;
 use crate::schedulers::SamplerKind;
 use crate::training::config::{Concept, Method, TrainConfig};
 use crate::training::trainer::{Progress, train};
+use crate::training::trigger::remove_trigger;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -98,7 +98,10 @@ impl DemoOptions {
             ("the demo needs at least 1 image of the personal object".to_string(), self.images == 0),
             (format!("--seeds {}: at least 2 seeds per prompt (diversity compares images of one prompt)", self.seeds), self.seeds < 2),
             (format!("--cfg {}: guidance must be a positive number", self.cfg), !guidance(self.cfg)),
-            (format!("--guided-cfg {}: guidance must be 0 (skip) or a positive number", self.guided_cfg.unwrap_or(0.0)), self.guided_cfg.is_some_and(|g| !guidance(g))),
+            (
+                format!("--guided-cfg {}: guidance must be 0 (skip) or a positive number", self.guided_cfg.unwrap_or(0.0)),
+                self.guided_cfg.is_some_and(|g| !guidance(g)),
+            ),
         ];
         match checks.into_iter().find(|(_, bad)| *bad) {
             Some((msg, _)) => bail!("{msg}"),
@@ -109,7 +112,11 @@ impl DemoOptions {
 
 /// The class prompts of the evaluation, with the trigger where the training captions have it.
 pub fn prompts() -> Vec<String> {
-    ["gray", "white", "black"].iter().map(|bg| format!("a {TRIGGER} circle on a {bg} background")).chain([format!("a {TRIGGER} circle")]).collect()
+    ["gray", "white", "black"]
+        .iter()
+        .map(|bg| format!("a {TRIGGER} circle on a {bg} background"))
+        .chain([format!("a {TRIGGER} circle")])
+        .collect()
 }
 
 /// Per method, the numbers the issue asks for.
@@ -154,7 +161,12 @@ pub struct Truth {
 
 /// Copy rate, colour diversity and the colour histogram of the trigger-less images of one model.
 pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<Truth> {
-    let images = eval.images.iter().filter(|r| r.model == model && r.variant == "plain").map(|r| load_rgb(&out.join(&r.file))).collect::<Result<Vec<_>>>()?;
+    let images = eval
+        .images
+        .iter()
+        .filter(|r| r.model == model && r.variant == "plain")
+        .map(|r| load_rgb(&out.join(&r.file)))
+        .collect::<Result<Vec<_>>>()?;
     Ok(truth_of(&images))
 }
 
@@ -171,11 +183,7 @@ pub fn truth_of(images: &[RgbImage]) -> Truth {
     let counts: Vec<usize> = colours.iter().filter(|(k, _)| k.as_str() != "unreadable").map(|(_, &v)| v).collect();
     let total: usize = counts.iter().sum();
     let entropy: f64 = counts.iter().map(|&k| k as f64 / total.max(1) as f64).map(|p| -p * p.ln()).sum();
-    Truth {
-        copy_rate: copies as f64 / n.max(1) as f64,
-        colour_diversity: if total == 0 { 0.0 } else { entropy.exp() },
-        colours,
-    }
+    Truth { copy_rate: copies as f64 / n.max(1) as f64, colour_diversity: if total == 0 { 0.0 } else { entropy.exp() }, colours }
 }
 
 /// The trigger-less class images of every model again, sampled with guidance `cfg`, written to
@@ -192,7 +200,14 @@ fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn Dem
         for (pi, prompt) in eval.prompts.iter().enumerate() {
             let p = GenerateParams { cfg, ..eval.params(remove_trigger(prompt, &eval.trigger)) };
             for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.into_iter().zip(&seeds) {
-                save_generated(&out.join(format!("{name}/p{pi:02}-s{seed}.png")), &rgb, &p, seed, &model_name, (m > 0).then_some(name.as_str()))?;
+                save_generated(
+                    &out.join(format!("{name}/p{pi:02}-s{seed}.png")),
+                    &rgb,
+                    &p,
+                    seed,
+                    &model_name,
+                    (m > 0).then_some(name.as_str()),
+                )?;
                 images.push(RgbImage::from_raw(p.width as u32, p.height as u32, rgb).context("an image of the generated size")?);
             }
         }
@@ -239,7 +254,8 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     let out = &opts.out;
     let data = out.join("data");
     progress.stage(&format!("drawing {} images of the personal object into {}", opts.images, data.display()));
-    for (k, (img, _, caption)) in world::personal_objects(opts.seed, opts.images, TRIGGER, &world::Background::ALL).into_iter().enumerate() {
+    for (k, (img, _, caption)) in world::personal_objects(opts.seed, opts.images, TRIGGER, &world::Background::ALL).into_iter().enumerate()
+    {
         save_png(&data.join(format!("{k:02}.png")), img.as_raw(), img.width(), img.height(), &[])?;
         crate::io::atomic::write(&data.join(format!("{k:02}.txt")), caption.as_bytes())?;
     }
@@ -252,12 +268,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
         let file = out.join("adapters").join(format!("{}.safetensors", method.name()));
         let cfg = TrainConfig {
             model: sd.clone(),
-            concepts: vec![Concept {
-                data: data.clone(),
-                trigger: TRIGGER.into(),
-                class: Some("a circle".into()),
-                class_data: None,
-            }],
+            concepts: vec![Concept { data: data.clone(), trigger: TRIGGER.into(), class: Some("a circle".into()), class_data: None }],
             out: file.clone(),
             method,
             cat_weight: opts.cat_weight,
@@ -343,7 +354,12 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
         ));
         for (name, m) in &results.methods {
             if let Some(t) = &m.guided {
-                notes.push_str(&format!("<li>{name}: colour diversity {:.2}, copy rate {:.2}; {}</li>", t.colour_diversity, t.copy_rate, colour_summary(&t.colours)));
+                notes.push_str(&format!(
+                    "<li>{name}: colour diversity {:.2}, copy rate {:.2}; {}</li>",
+                    t.colour_diversity,
+                    t.copy_rate,
+                    colour_summary(&t.colours)
+                ));
             }
         }
     }
@@ -369,7 +385,8 @@ mod tests {
         }
         images.push(world::paint(Background::Gray.rgb(), |_, _| None));
         let t = truth_of(&images);
-        let expect: BTreeMap<String, usize> = [("personal", 2), ("red", 2), ("blue", 2), ("unreadable", 1)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let expect: BTreeMap<String, usize> =
+            [("personal", 2), ("red", 2), ("blue", 2), ("unreadable", 1)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(t.colours, expect);
         assert!((t.copy_rate - 2.0 / 7.0).abs() < 1e-12, "{}", t.copy_rate);
         // Three equally filled readable bins: exp(ln 3); the blank image is left out.

@@ -44,7 +44,8 @@ pub fn generate_images(sd: &StableDiffusion, prompt: &str, n: usize, settings: S
     let f = sd.vae_factor();
     let side = world::SIZE / f;
     let c = sd.unet.config.in_channels;
-    let latents: Vec<Tensor<4>> = (0..n).map(|i| Rng::new(seed.wrapping_add(i as u64)).normal_tensor([1, c, side, side], &sd.device)).collect();
+    let latents: Vec<Tensor<4>> =
+        (0..n).map(|i| Rng::new(seed.wrapping_add(i as u64)).normal_tensor([1, c, side, side], &sd.device)).collect();
     let p = GenerateParams {
         prompt: prompt.to_string(),
         negative_prompt: String::new(),
@@ -120,7 +121,8 @@ pub struct Ranking {
 
 pub fn caption_ranking(clip: &ClipModel, n_images: usize, seed: u64) -> Result<Ranking> {
     let combos = World::combinations();
-    let captions: Vec<String> = combos.iter().map(|&(sh, c, s, b)| format!("a {} {} {} on a {} background", s.name(), c.name(), sh.name(), b.name())).collect();
+    let captions: Vec<String> =
+        combos.iter().map(|&(sh, c, s, b)| format!("a {} {} {} on a {} background", s.name(), c.name(), sh.name(), b.name())).collect();
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
     let text = clip.embed_texts(&refs);
     let samples = World::new(seed).samples(n_images);

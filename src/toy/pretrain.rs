@@ -846,10 +846,16 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     report.vae_scaling_factor = scaling;
     let vae_dir = sd_dir.join("vae");
     std::fs::create_dir_all(&vae_dir)?;
-    write_safetensors(&vae_dir.join("diffusion_pytorch_model.safetensors"), &torch_tensors(&vae_hp.params, |n| Some(n.to_string())), StoreAs::F16)?;
+    write_safetensors(
+        &vae_dir.join("diffusion_pytorch_model.safetensors"),
+        &torch_tensors(&vae_hp.params, |n| Some(n.to_string())),
+        StoreAs::F16,
+    )?;
     write_json(&vae_dir.join("config.json"), &vae_config_json(scaling))?;
     let check = |imgs: Vec<RgbImage>| reconstruction_mae(&vae, &imgs, &device);
-    report.vae_reconstruction_mae.insert("world".into(), check(World::new(opts.seed ^ 0x7e57).samples(32).into_iter().map(|s| s.image).collect()));
+    report
+        .vae_reconstruction_mae
+        .insert("world".into(), check(World::new(opts.seed ^ 0x7e57).samples(32).into_iter().map(|s| s.image).collect()));
     report.vae_reconstruction_mae.insert(
         "personal".into(),
         check(world::personal_objects(opts.seed ^ 0x7e57, 8, "sks", &[Background::Gray]).into_iter().map(|p| p.0).collect()),

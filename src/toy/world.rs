@@ -775,7 +775,5 @@ pub fn personal_signature(img: &RgbImage) -> PersonalSignature {
 /// [`PERSONAL_MIN_EACH`], and there are at least [`MIN_FOREGROUND`] foreground pixels.
 pub fn copies_personal(img: &RgbImage) -> bool {
     let s = personal_signature(img);
-    s.foreground >= MIN_FOREGROUND
-        && s.score() >= PERSONAL_MIN_FRACTION
-        && s.fractions.iter().all(|&f| f >= PERSONAL_MIN_EACH)
+    s.foreground >= MIN_FOREGROUND && s.score() >= PERSONAL_MIN_FRACTION && s.fractions.iter().all(|&f| f >= PERSONAL_MIN_EACH)
 }

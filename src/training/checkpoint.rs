@@ -56,10 +56,12 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         bail!("{}: no checkpoint to resume from (expected {})", dir.display(), p.display());
     }
     let f = SafeTensorsFile::open(&p)?;
-    let state: State = serde_json::from_str(f.metadata().get("catlora_checkpoint").with_context(|| format!("{}: no checkpoint state", p.display()))?)
-        .with_context(|| format!("{}: malformed checkpoint state", p.display()))?;
-    let names: Vec<String> = serde_json::from_str(f.metadata().get("catlora_names").with_context(|| format!("{}: no parameter list", p.display()))?)
-        .with_context(|| format!("{}: malformed parameter list", p.display()))?;
+    let state: State =
+        serde_json::from_str(f.metadata().get("catlora_checkpoint").with_context(|| format!("{}: no checkpoint state", p.display()))?)
+            .with_context(|| format!("{}: malformed checkpoint state", p.display()))?;
+    let names: Vec<String> =
+        serde_json::from_str(f.metadata().get("catlora_names").with_context(|| format!("{}: no parameter list", p.display()))?)
+            .with_context(|| format!("{}: malformed parameter list", p.display()))?;
     let get = |prefix: &str| -> Result<Vec<Vec<f32>>> { names.iter().map(|n| Ok(f.f32_finite(&format!("{prefix}.{n}"))?.1)).collect() };
     Ok(Checkpoint { values: get("param")?, exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, names, state })
 }

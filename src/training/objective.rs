@@ -85,7 +85,14 @@ fn scalar(t: &Tensor<1>) -> f64 {
 ///
 /// Every parameter must receive a gradient from the first term: one that does not means the
 /// graph was cut somewhere, and that is an error rather than a silent zero.
-pub fn cat_gradients(unet: &UNet, gate: &Gate, params: &Params, leaves: &[Leaf], inp: &StepInputs<'_>, lambda: f64) -> Result<(LossTerms, Vec<Tensor<1>>)> {
+pub fn cat_gradients(
+    unet: &UNet,
+    gate: &Gate,
+    params: &Params,
+    leaves: &[Leaf],
+    inp: &StepInputs<'_>,
+    lambda: f64,
+) -> Result<(LossTerms, Vec<Tensor<1>>)> {
     let plain = if lambda != 0.0 { inp.cond_plain } else { None };
 
     // The base prediction: the adapter switched off, inputs without autodiff, so no graph.

@@ -83,7 +83,9 @@ fn class_examples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, pro
     for (k, c) in cfg.concepts.iter().enumerate() {
         let class = c.class.as_deref().with_context(|| format!("DreamBooth needs a --class for the concept `{}`", c.trigger))?;
         let images = match &c.class_data {
-            Some(dir) => crate::io::image::list_images(dir)?.into_iter().take(cfg.class_images).map(|p| load_rgb(&p)).collect::<Result<Vec<_>>>()?,
+            Some(dir) => {
+                crate::io::image::list_images(dir)?.into_iter().take(cfg.class_images).map(|p| load_rgb(&p)).collect::<Result<Vec<_>>>()?
+            }
             None => {
                 let dir = paths.class_images.join(format!("{k}-{}", crate::io::safe_file_name(&c.trigger)));
                 let mut imgs = Vec::new();
@@ -127,7 +129,13 @@ fn sample_latent(d: &LatentDist, rng: &mut Rng) -> Tensor<4> {
 }
 
 /// Noise, timesteps, noisy latents and the target for clean latents `x0`.
-fn noised(x0: Tensor<4>, noise: &NoiseSchedule, prediction: PredictionType, cfg: &TrainConfig, rng: &mut Rng) -> Result<(Tensor<4>, Vec<usize>, Tensor<4>)> {
+fn noised(
+    x0: Tensor<4>,
+    noise: &NoiseSchedule,
+    prediction: PredictionType,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+) -> Result<(Tensor<4>, Vec<usize>, Tensor<4>)> {
     let [b, c, h, w] = x0.dims();
     let dev = x0.device();
     let mut eps = rng.normal_tensor([b, c, h, w], &dev);
@@ -210,8 +218,10 @@ fn preflight(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Option<checkpoi
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).with_context(|| format!("--out {}: cannot create the folder {}", cfg.out.display(), parent.display()))?;
-    tempfile::NamedTempFile::new_in(&parent).with_context(|| format!("--out {}: cannot write in {}", cfg.out.display(), parent.display()))?;
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("--out {}: cannot create the folder {}", cfg.out.display(), parent.display()))?;
+    tempfile::NamedTempFile::new_in(&parent)
+        .with_context(|| format!("--out {}: cannot write in {}", cfg.out.display(), parent.display()))?;
     let ck = match resume {
         Some(dir) => {
             let ck = checkpoint::load(dir)?;
@@ -259,7 +269,12 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     let lambda = cfg.lambda();
 
     let mut rng = Rng::new(cfg.seed);
-    let lora = LoraConfig { rank: cfg.rank, alpha: cfg.alpha, unet_targets: cfg.targets.clone(), text_encoder_targets: cfg.text_encoder_targets.clone() };
+    let lora = LoraConfig {
+        rank: cfg.rank,
+        alpha: cfg.alpha,
+        unet_targets: cfg.targets.clone(),
+        text_encoder_targets: cfg.text_encoder_targets.clone(),
+    };
     let adapter = attach_new(&mut sd.targets(), &lora, &mut rng)?;
     let mut params = Params::collect(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter });
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
@@ -283,7 +298,8 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     }
     let prefix = read_log_prefix(&paths.log, start)?;
     crate::io::atomic::write(&paths.log, prefix.as_bytes())?;
-    let mut log = std::fs::OpenOptions::new().append(true).open(&paths.log).with_context(|| format!("cannot open {}", paths.log.display()))?;
+    let mut log =
+        std::fs::OpenOptions::new().append(true).open(&paths.log).with_context(|| format!("cannot open {}", paths.log.display()))?;
 
     let n = data.examples.len();
     let per_step = cfg.batch * cfg.grad_accum;
@@ -340,7 +356,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
             let leaves = params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, true);
             let captions: Vec<&str> = idx.iter().map(|&i| data.examples[i].caption.as_str()).collect();
             let plains: Vec<&str> = idx.iter().map(|&i| data.examples[i].plain_caption.as_str()).collect();
-            let cached = |plain: bool| -> Tensor<3> { Tensor::cat(idx.iter().map(|&i| if plain { data.cond[i].1.clone() } else { data.cond[i].0.clone() }).collect(), 0) };
+            let cached = |plain: bool| -> Tensor<3> {
+                Tensor::cat(idx.iter().map(|&i| if plain { data.cond[i].1.clone() } else { data.cond[i].0.clone() }).collect(), 0)
+            };
             let encode_trigger = || if train_te { sd.encode_prompts(&captions, 1) } else { cached(false) };
             let encode_plain = || if train_te { sd.encode_prompts(&plains, 1) } else { cached(true) };
             let prior_cond = prior_data.as_ref().map(|p| p.3.clone());
@@ -360,8 +378,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
                     weight: cfg.prior_weight,
                 }),
             };
-            let (tm, g) = cat_gradients(&sd.unet, &adapter.gate, &params, &leaves, &inputs, lambda)
-                .with_context(|| format!("step {}: training stopped; the last good checkpoint stays in {}", step + 1, paths.checkpoint.display()))?;
+            let (tm, g) = cat_gradients(&sd.unet, &adapter.gate, &params, &leaves, &inputs, lambda).with_context(|| {
+                format!("step {}: training stopped; the last good checkpoint stays in {}", step + 1, paths.checkpoint.display())
+            })?;
             add_scaled(&mut grads, g, 1.0 / cfg.grad_accum as f32);
             let kf = 1.0 / cfg.grad_accum as f64;
             terms.diffusion += tm.diffusion * kf;
