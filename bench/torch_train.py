@@ -62,7 +62,8 @@ def run_case(case, method, threads, lam, lr, rank):
     torch.set_num_threads(threads)
     rss_base = tu.status_mb("VmRSS")
     t0 = time.perf_counter()
-    unet = tu.load_unet(case["model"])
+    dev = tu.torch_device(case)
+    unet = tu.load_unet(case["model"]).to(dev)
     unet.requires_grad_(False)
     load_s = time.perf_counter() - t0
     # The baseline of "peak above load": the one UNet is loaded; the authors' second copy, the
@@ -92,6 +93,7 @@ def run_case(case, method, threads, lam, lr, rank):
     j = torch.arange(b * tokens * dim, dtype=torch.float64)
     plain = (0.5 * torch.sin(0.11 * j + 0.3)).to(torch.float32).reshape(b, tokens, dim)
     t = torch.full((b,), TIMESTEP, dtype=torch.long)
+    x0, trigger, noise, plain, t = (v.to(dev) for v in (x0, trigger, noise, plain, t))
     mse = torch.nn.functional.mse_loss
 
     def step():
@@ -126,6 +128,7 @@ def run_case(case, method, threads, lam, lr, rank):
         else:
             times.append(ms)
         last = terms
+    tu.report_cuda_peak(torch, case, method)
 
     return {
         "case": case["name"],

@@ -87,6 +87,21 @@ def formula_inputs(torch, batch, channels, side, tokens, dim):
     return x, c
 
 
+def torch_device(case):
+    """PyTorch's device for a case: CUDA when catlora's runs on a GPU (libtorch-cuda, vulkan)."""
+    name = case.get("device", "cpu")
+    return "cuda" if name.startswith("libtorch-cuda") or name.startswith("vulkan") else "cpu"
+
+
+def report_cuda_peak(torch, case, label):
+    """The CUDA caching allocator's peak, on stderr (the device's own memory, not the RSS)."""
+    if torch_device(case) == "cuda":
+        torch.cuda.synchronize()
+        mb = torch.cuda.max_memory_allocated() / 2**20
+        print(f"torch {case['name']} {label}: CUDA peak allocated {mb:.0f} MiB, "
+              f"reserved {torch.cuda.max_memory_reserved() / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+
+
 def load_unet(model):
     import torch
     from diffusers import UNet2DConditionModel
@@ -119,14 +134,16 @@ def run_case(case, threads):
     rss_base = status_mb("VmRSS")
     peak = status_mb("VmHWM")
     t0 = time.perf_counter()
-    unet = load_unet(case["model"])
+    dev = torch_device(case)
+    unet = load_unet(case["model"]).to(dev)
     unet.requires_grad_(False)
     load_s = time.perf_counter() - t0
     rss_loaded = status_mb("VmRSS")
     params = sum(p.numel() for p in unet.parameters())
     cfg = unet.config
     x, ctx = formula_inputs(torch, case["batch"], cfg.in_channels, case["latent"], case["tokens"], cfg.cross_attention_dim)
-    t = torch.full((case["batch"],), TIMESTEP, dtype=torch.float32)
+    x, ctx = x.to(dev), ctx.to(dev)
+    t = torch.full((case["batch"],), TIMESTEP, dtype=torch.float32, device=dev)
     iters = case["iters"]
 
     peak = max(peak, status_mb("VmHWM"))
@@ -142,6 +159,7 @@ def run_case(case, threads):
                 fwd.append(ms)
     peak_forward = status_mb("VmHWM")
     peak = max(peak, peak_forward)
+    report_cuda_peak(torch, case, "forward")
 
     reset = reset_hwm() and reset
     bwd = []
@@ -158,6 +176,7 @@ def run_case(case, threads):
         del xg, y, loss
     peak_backward = status_mb("VmHWM")
     peak = max(peak, peak_backward)
+    report_cuda_peak(torch, case, "forward + backward")
 
     return {
         "case": case["name"],

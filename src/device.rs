@@ -32,7 +32,21 @@ fn vulkan(spec: &str) -> Result<Device> {
         None => DeviceKind::DefaultDevice,
         Some(n) => DeviceKind::DiscreteGpu(n),
     };
-    Ok(Device::vulkan(kind))
+    let device = Device::vulkan(kind);
+    // wgpu panics (on its own thread, then ours) when no adapter answers: probe with one tiny
+    // operation, quietly, so that a machine without Vulkan gets an error instead.
+    let probe = device.clone();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let answer = std::panic::catch_unwind(move || burn::tensor::Tensor::<1>::ones([4], &probe).sum().into_scalar::<f32>());
+    std::panic::set_hook(hook);
+    match answer {
+        Ok(v) if v == 4.0 => Ok(device),
+        Ok(v) => bail!("device `{spec}`: the Vulkan adapter computed 1+1+1+1 = {v}"),
+        Err(_) => bail!(
+            "device `{spec}`: no Vulkan adapter answered (install the Vulkan loader, Debian's libvulkan1, and the GPU's Vulkan driver; see the README's Devices section)"
+        ),
+    }
 }
 
 #[cfg(not(feature = "vulkan"))]
@@ -41,7 +55,9 @@ fn vulkan(spec: &str) -> Result<Device> {
     bail!("device `{spec}` needs a build with `--features vulkan`")
 }
 
+// burn marks its LibTorch backend deprecated in favour of CubeCL, whose CUDA build downloads LLVM.
 #[cfg(feature = "libtorch")]
+#[allow(deprecated)]
 fn libtorch(spec: &str) -> Result<Device> {
     if spec == "libtorch" {
         return Ok(Device::libtorch());

@@ -4,10 +4,18 @@
 //! benchmark defaults take every fixture path from here.
 use std::path::PathBuf;
 
-/// The fixtures folder of the source tree this crate was built from.
-pub const FIXTURES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+/// The fixtures folder: `$CATLORA_FIXTURES` when set (a test binary carried to another machine),
+/// else `tests/fixtures` of the source tree cargo runs from. The tree is read at run time because
+/// a build cache shared between checkouts keeps the path of whichever checkout compiled it.
+pub fn fixtures_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CATLORA_FIXTURES") {
+        return PathBuf::from(dir);
+    }
+    let tree = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    tree.join("tests").join("fixtures")
+}
 
 /// A path inside the fixtures folder.
 pub fn fixture(relative: &str) -> PathBuf {
-    PathBuf::from(FIXTURES_DIR).join(relative)
+    fixtures_dir().join(relative)
 }

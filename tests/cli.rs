@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 const EXE: &str = env!("CARGO_BIN_EXE_catlora");
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(catlora::fixtures::FIXTURES_DIR)
+    catlora::fixtures::fixtures_dir()
 }
 fn model() -> String {
     fixtures().join("tiny-sd").display().to_string()
@@ -312,4 +312,56 @@ fn bench_clip_prints_images_per_second() {
     let table = ok(&["bench", "--clip", &clip]);
     assert!(table.contains("images/s") && table.contains("tiny-clip") && table.contains("ViT-B/32"), "{table}");
     fails(&["bench", "--clip", "/no/clip"], &["/no/clip"]);
+}
+
+#[test]
+fn kohya_folder_layout_caption_extension_and_adapter_metadata() {
+    let dir = scratch("kohya");
+    let concept = dir.join("train").join("10_sks square");
+    std::fs::create_dir_all(&concept).unwrap();
+    for i in 0..2 {
+        std::fs::copy(fixtures().join(format!("tiny-clip/probe-{i}.png")), concept.join(format!("{i}.png"))).unwrap();
+        std::fs::write(concept.join(format!("{i}.caption")), "sks square, red").unwrap();
+    }
+    let (m, d) = (model(), dir.join("train").display().to_string());
+    let out = dir.join("sq.safetensors");
+    let o = out.display().to_string();
+    // The folder's name gives repeats, trigger and class; no --trigger needed.
+    let s = ok(&["train", "--model", &m, "--data", &d, "--out", &o, "--print-config"]);
+    let t: toml::Value = toml::from_str(&s).unwrap();
+    let c = &t["concepts"][0];
+    assert_eq!((c["trigger"].as_str(), c["class"].as_str(), c["repeats"].as_integer()), (Some("sks"), Some("square"), Some(10)));
+    assert_eq!((t["save_precision"].as_str(), t["caption_extension"].as_str()), (Some("fp16"), Some(".txt")));
+    // A folder of images without a trigger is an error that says what to give.
+    let flat = concept.display().to_string();
+    fails(&["train", "--model", &m, "--data", &flat, "--out", &o], &["--trigger", "kohya"]);
+    // Captions of another extension are reported, not replaced by the default caption.
+    let base = ["train", "--model", &m, "--data", &d, "--steps", "2", "--resolution", "64", "--rank", "2", "--out", &o];
+    fails(&base, &["0.caption", "--caption-extension .caption"]);
+    let mut run = base.to_vec();
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "# kohya's sample syntax\nsks square --n blurry --s 2 --d 5 --l 6 --ss euler_a\n").unwrap();
+    let pf = prompts.display().to_string();
+    run.extend(["--caption-extension", ".caption", "--save-precision", "bf16", "--sample-every", "2", "--sample-prompts", &pf]);
+    ok(&run);
+    // 3x3 convolutions are named as such, not as layers that do not exist.
+    fails(&[&run[..], &["--targets", "attn,conv1"]].concat(), &["conv1", "3x3 convolutions"]);
+    // The sample carries its settings as AUTOMATIC1111 infotext, the adapter as a LoRA tag.
+    let p = parameters(&dir.join("sq.samples/step-000002-0-trigger.png"));
+    for needle in ["sks square <lora:sq:1>", "Negative prompt: blurry", "Steps: 2,", "Sampler: Euler a", "CFG scale: 6.0", "Seed: 5,"] {
+        assert!(p.contains(needle), "`{needle}` missing from {p}");
+    }
+    let f = SafeTensorsFile::open(&out).unwrap();
+    assert!(f.names().all(|n| matches!(f.info(n).unwrap().dtype, catlora::io::safetensors::Dtype::BF16)));
+    let md = f.metadata();
+    assert_eq!(md["ss_output_name"], "sq");
+    assert_eq!(md["ss_num_train_images"], "20");
+    assert_eq!(md["ss_tag_frequency"], r#"{"10_sks square":{"red":2,"sks square":2}}"#);
+    assert_eq!(md["modelspec.architecture"], "stable-diffusion-v1/lora");
+    assert_eq!(md["sshs_model_hash"].len(), 64);
+    let root = dir.display().to_string();
+    for (k, v) in md {
+        assert!(!v.contains(&root), "metadata `{k}` holds a local path: {v}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -32,6 +32,8 @@ fn eval_generates_scores_and_reports() {
         model: fixtures().join("tiny-sd"),
         clip: fixtures().join("tiny-clip"),
         adapters: vec![lora.clone(), copy.clone()],
+        weights: Vec::new(),
+        negative_prompt: String::new(),
         data,
         trigger: "sks".into(),
         prompts: vec!["sks, a photo of a teapot".into(), "a teapot on a table".into()],

@@ -9,7 +9,7 @@ use std::process::Command;
 const EXE: &str = env!("CARGO_BIN_EXE_catlora");
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(catlora::fixtures::FIXTURES_DIR)
+    catlora::fixtures::fixtures_dir()
 }
 
 /// Runs the binary and checks a clean refusal: `code`, no panic, every needle in stderr.

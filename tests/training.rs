@@ -5,6 +5,7 @@ mod common;
 use catlora::adapters::lora::{Targets, attach_file};
 use catlora::adapters::lora_file;
 use catlora::io::image::save_png;
+use catlora::io::safetensors::SafeTensorsFile;
 use catlora::pipeline::model::StableDiffusion;
 use catlora::rng::Rng;
 use catlora::schedulers::NoiseSchedule;
@@ -46,7 +47,7 @@ fn config(name: &str, method: Method) -> (TrainConfig, PathBuf) {
     write_data(&data);
     let cfg = TrainConfig {
         model: fixtures().join("tiny-sd"),
-        concepts: vec![Concept { data, trigger: "sks".into(), class: Some("square".into()), class_data: None }],
+        concepts: vec![Concept { data, trigger: "sks".into(), class: Some("square".into()), class_data: None, repeats: 1 }],
         out: dir.join("adapter.safetensors"),
         method,
         rank: 2,
@@ -116,9 +117,18 @@ fn same_seed_same_bytes_and_resume_matches_an_uninterrupted_run() {
     assert_eq!(log.len(), 6);
     assert!(log[0].contains("\"cat\"") && log[0].contains("\"diffusion\""), "{}", log[0]);
 
-    // The checkpoint of step 3 is what an interrupted run leaves; resuming from it must end on
-    // the same bytes.
+    // --save-every 3 of 6 steps: a usable adapter at step 3, with the final file's metadata keys.
+    let snapshot = out.paths.snapshot(3);
+    assert!(snapshot.ends_with("adapter-000003.safetensors"), "{}", snapshot.display());
+    let (a, b) = (SafeTensorsFile::open(&snapshot).unwrap(), SafeTensorsFile::open(&out.paths.adapter).unwrap());
+    assert_eq!(a.metadata().keys().collect::<Vec<_>>(), b.metadata().keys().collect::<Vec<_>>());
+    assert_eq!((a.metadata()["ss_steps"].as_str(), b.metadata()["ss_steps"].as_str()), ("3", "6"));
+    assert!(!out.paths.snapshot(6).exists(), "the last step's adapter is the output itself");
+
+    // A run of 3 steps leaves a checkpoint at its end; resuming it with 6 steps must end on the
+    // uninterrupted run's bytes and log.
     std::fs::remove_file(&out.paths.adapter).unwrap();
+    train(&TrainConfig { steps: 3, ..cfg.clone() }, None, &mut Silent).unwrap();
     let resumed = train(&cfg, Some(&out.paths.checkpoint), &mut Silent).unwrap();
     assert_eq!(std::fs::read(&resumed.paths.adapter).unwrap(), first, "resumed run differs");
     let log2: Vec<String> = std::fs::read_to_string(&out.paths.log).unwrap().lines().map(String::from).collect();
@@ -145,9 +155,11 @@ fn training_lowers_the_loss_and_the_file_round_trips() {
     assert_eq!(file.entries.len(), 128);
     assert!(file.entries.iter().all(|e| e.rank == 2 && e.alpha == 2.0));
     assert_eq!(file.metadata.get("catlora_method").map(String::as_str), Some("lora"));
-    // Written, read, written again: identical bytes.
+    // Saved in half precision by default; written, read, written again: identical bytes.
+    let stored = catlora::io::safetensors::SafeTensorsFile::open(&out.paths.adapter).unwrap();
+    assert!(stored.names().all(|n| matches!(stored.info(n).unwrap().dtype, catlora::io::safetensors::Dtype::F16)));
     let again = dir.join("again.safetensors");
-    lora_file::write_peft(&again, &file).unwrap();
+    lora_file::write_as(&again, &file, lora_file::Format::Peft, catlora::io::safetensors::StoreAs::F16).unwrap();
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&out.paths.adapter).unwrap());
 
     let (trained, base) = adapted_and_base_loss(&mut sd, &data, &file, false, &[100, 300, 500, 700]);

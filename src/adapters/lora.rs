@@ -119,6 +119,9 @@ pub struct LoraConfig {
 
 pub const PAPER_UNET_TARGETS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
 
+/// Leaf names of the UNet's 3x3 convolutions, for a message that says why they match nothing.
+const CONV3X3_LEAVES: [&str; 5] = ["conv1", "conv2", "conv_in", "conv_out", "conv"];
+
 fn matches_leaf(module: &str, leaf: &str) -> bool {
     module == leaf || module.ends_with(&format!(".{leaf}"))
 }
@@ -218,6 +221,12 @@ pub fn attach_new(targets: &mut Targets<'_>, cfg: &LoraConfig, rng: &mut Rng) ->
     }
     if !unmatched.is_empty() {
         detach(targets, &gate);
+        let convs: Vec<&String> = unmatched.iter().filter(|l| CONV3X3_LEAVES.iter().any(|c| l.ends_with(c))).collect();
+        if !convs.is_empty() {
+            bail!(
+                "LoRA targets {convs:?} name 3x3 convolutions (ResNet conv1/conv2, conv_in/conv_out, up/down samplers), which catlora's LoRA does not support: use linear layers (--targets attn, attn+ff or all-linear)"
+            );
+        }
         bail!("LoRA targets {unmatched:?} match no layer of the model");
     }
     Ok(Adapter { gate, modules })

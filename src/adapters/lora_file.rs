@@ -2,7 +2,7 @@
 //! AUTOMATIC1111, PEFT / diffusers, and diffusers' older attention-processor naming) into one data
 //! model, and writing the kohya and PEFT forms. Pure data in, pure data out: no model code here;
 //! the caller checks the shapes against the model (`in_features`, `out_features`).
-use crate::io::safetensors::{self, OwnedTensor, SafeTensorsFile};
+use crate::io::safetensors::{self, OwnedTensor, SafeTensorsFile, StoreAs};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -447,7 +447,7 @@ fn alpha_json(a: f32) -> Value {
 
 /// The safetensors bytes of `lora` in kohya naming (what AUTOMATIC1111, ComfyUI and kohya's
 /// scripts load). `output_name` fills `ss_output_name` unless the metadata already has one.
-pub fn kohya_bytes(lora: &LoraFile, output_name: &str) -> Result<Vec<u8>> {
+pub fn kohya_bytes(lora: &LoraFile, output_name: &str, store: StoreAs) -> Result<Vec<u8>> {
     check(lora)?;
     let mut tensors = BTreeMap::new();
     for e in &lora.entries {
@@ -468,19 +468,12 @@ pub fn kohya_bytes(lora: &LoraFile, output_name: &str) -> Result<Vec<u8>> {
     }
     md.entry("ss_base_model_version".into()).or_insert_with(|| "sd_v1".into());
     md.entry("ss_output_name".into()).or_insert_with(|| output_name.into());
-    safetensors::serialize(&tensors, &md)
-}
-
-/// Writes `lora` in kohya naming, atomically.
-pub fn write_kohya(path: &Path, lora: &LoraFile) -> Result<()> {
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let bytes = kohya_bytes(lora, &name).with_context(|| format!("writing {}", path.display()))?;
-    crate::io::atomic::write(path, &bytes)
+    safetensors::serialize_as(&tensors, &md, store)
 }
 
 /// The safetensors bytes of `lora` in PEFT naming, as diffusers' `save_lora_weights` writes it
 /// (loadable by `pipe.load_lora_weights`).
-pub fn peft_bytes(lora: &LoraFile) -> Result<Vec<u8>> {
+pub fn peft_bytes(lora: &LoraFile, store: StoreAs) -> Result<Vec<u8>> {
     check(lora)?;
     let mut tensors = BTreeMap::new();
     // A BTreeMap serialises with sorted keys, as diffusers' `json.dumps(sort_keys=True)`.
@@ -534,24 +527,29 @@ pub fn peft_bytes(lora: &LoraFile) -> Result<Vec<u8>> {
     md.retain(|k, _| !k.starts_with("ss_network_"));
     md.insert("format".into(), "pt".into());
     md.insert("lora_adapter_metadata".into(), serde_json::to_string_pretty(&config)?);
-    safetensors::serialize(&tensors, &md)
+    safetensors::serialize_as(&tensors, &md, store)
 }
 
-/// Writes `lora` in PEFT / diffusers naming, atomically.
-pub fn write_peft(path: &Path, lora: &LoraFile) -> Result<()> {
-    let bytes = peft_bytes(lora).with_context(|| format!("writing {}", path.display()))?;
+/// The bytes of `lora` in `format` (kohya or PEFT; the processor naming is read only), every
+/// tensor stored as `store`; `output_name` fills kohya's `ss_output_name` when unset.
+pub fn bytes(lora: &LoraFile, format: Format, store: StoreAs, output_name: &str) -> Result<Vec<u8>> {
+    match format {
+        Format::Kohya => kohya_bytes(lora, output_name, store),
+        Format::Peft => peft_bytes(lora, store),
+        Format::DiffusersProcessor => bail!("the diffusers attention-processor naming is read only; write kohya or peft"),
+    }
+}
+
+/// Writes `lora` in `format` atomically, storing every tensor as `store`.
+pub fn write_as(path: &Path, lora: &LoraFile, format: Format, store: StoreAs) -> Result<()> {
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let bytes = bytes(lora, format, store, &name).with_context(|| format!("writing {}", path.display()))?;
     crate::io::atomic::write(path, &bytes)
 }
 
-/// Writes `lora` in `format` (kohya or PEFT; the processor naming is read only).
+/// Writes `lora` in `format` atomically, in float32.
 pub fn write(path: &Path, lora: &LoraFile, format: Format) -> Result<()> {
-    match format {
-        Format::Kohya => write_kohya(path, lora),
-        Format::Peft => write_peft(path, lora),
-        Format::DiffusersProcessor => {
-            bail!("{}: the diffusers attention-processor naming is read only; write kohya or peft", path.display())
-        }
-    }
+    write_as(path, lora, format, StoreAs::F32)
 }
 
 /// Reads `input` in whatever naming it has and writes it to `output` in `to`.

@@ -1,10 +1,11 @@
 //! `catlora eval`: generate with the base model and each adapter from shared noise, score with
 //! CLIP, write `results.json` and `report.html`.
-use anyhow::Result;
+use anyhow::{Result, bail};
 use catlora::evaluation::eval::{EvalOptions, evaluate, read_prompts, write_outputs};
+use catlora::io::safetensors::SafeTensorsFile;
 use catlora::schedulers::SamplerKind;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Evaluate adapters against their base model: prompt similarity, identity similarity, KPS
 /// (knowledge preservation) and diversity, with an HTML report.
@@ -21,15 +22,20 @@ pub struct EvalArgs {
     /// transformers CLIPModel folder used for the scores.
     #[arg(long, value_name = "DIR")]
     pub clip: PathBuf,
-    /// A LoRA file to evaluate (repeat for several).
-    #[arg(long = "adapter", value_name = "FILE", required = true)]
-    pub adapters: Vec<PathBuf>,
+    /// A LoRA file to evaluate, optionally with its weight as `FILE:W` (e.g. `teapot.safetensors:0.8`;
+    /// default 1). Repeat for several.
+    #[arg(long = "adapter", value_name = "FILE[:W]", required = true)]
+    pub adapters: Vec<String>,
+    /// The negative prompt of every image.
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
     /// The adapters' training images (identity reference).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
-    /// The trigger token; prompts without it get "<trigger>, " in front.
+    /// The trigger token; prompts without it get "<trigger>, " in front [default: the trigger the
+    /// first adapter's metadata names (`catlora_trigger`, or `modelspec.trigger_phrase`)].
     #[arg(long)]
-    pub trigger: String,
+    pub trigger: Option<String>,
     /// Prompts, one a line (# starts a comment).
     #[arg(long, value_name = "FILE")]
     pub prompts: PathBuf,
@@ -55,14 +61,62 @@ pub struct EvalArgs {
     pub out: PathBuf,
 }
 
+/// The trigger an adapter file's metadata names, if any (the first of several).
+fn metadata_trigger(path: &Path) -> Result<Option<String>> {
+    let file = SafeTensorsFile::open(path)?;
+    let md = file.metadata();
+    let named = md.get("catlora_trigger").or_else(|| md.get("modelspec.trigger_phrase"));
+    Ok(named.and_then(|t| t.split(',').map(str::trim).find(|t| !t.is_empty())).map(String::from))
+}
+
+/// `--trigger`, or the first adapter's; a warning for each adapter trained with another.
+fn trigger(given: Option<String>, adapters: &[PathBuf]) -> Result<String> {
+    let named: Vec<Option<String>> = adapters.iter().map(|p| metadata_trigger(p)).collect::<Result<_>>()?;
+    let trigger = match given {
+        Some(t) => t,
+        None => match named.iter().flatten().next() {
+            Some(t) => {
+                eprintln!("trigger `{t}` (from the adapter's metadata)");
+                t.clone()
+            }
+            None => bail!("--trigger: not given, and no adapter names its trigger in its metadata"),
+        },
+    };
+    for (path, t) in adapters.iter().zip(&named) {
+        if let Some(t) = t.as_deref().filter(|t| *t != trigger) {
+            eprintln!("warning: {} was trained with the trigger `{t}`; evaluating with `{trigger}`", path.display());
+        }
+    }
+    Ok(trigger)
+}
+
+/// `FILE:W` → (FILE, W); a bare FILE has weight 1. Only a suffix that parses as a finite
+/// number is a weight, so paths with colons still work.
+fn adapter_and_weight(spec: &str) -> Result<(PathBuf, f32)> {
+    if let Some((file, w)) = spec.rsplit_once(':')
+        && let Ok(w) = w.parse::<f32>()
+    {
+        if !w.is_finite() {
+            bail!("--adapter {spec}: the weight must be a finite number");
+        }
+        return Ok((PathBuf::from(file), w));
+    }
+    Ok((PathBuf::from(spec), 1.0))
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
+    let (adapters, weights): (Vec<PathBuf>, Vec<f32>) =
+        a.adapters.iter().map(|s| adapter_and_weight(s)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+    let trigger = trigger(a.trigger, &adapters)?;
     let opts = EvalOptions {
         prompts: read_prompts(&a.prompts)?,
         model: a.model,
         clip: a.clip,
-        adapters: a.adapters,
+        adapters,
+        weights,
+        negative_prompt: a.negative_prompt,
         data: a.data,
-        trigger: a.trigger,
+        trigger,
         seeds: a.seeds,
         first_seed: a.first_seed,
         steps: a.steps,
@@ -83,4 +137,33 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     println!("wrote {} and {}", opts.out.join("results.json").display(), opts.out.join("report.html").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catlora::io::safetensors::{OwnedTensor, write};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn trigger_comes_from_the_adapter_metadata_when_not_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, md: &[(&str, &str)]| {
+            let p = dir.path().join(name);
+            let t = BTreeMap::from([("x".to_string(), OwnedTensor { shape: vec![1], data: vec![0.0] })]);
+            write(&p, &t, &md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap();
+            p
+        };
+        let ours = file("a.safetensors", &[("catlora_trigger", "sks")]);
+        let theirs = file("b.safetensors", &[("modelspec.trigger_phrase", "ohwx, photo")]);
+        let bare = file("c.safetensors", &[]);
+        assert_eq!(trigger(None, &[ours.clone(), theirs.clone()]).unwrap(), "sks");
+        assert_eq!(trigger(None, &[bare.clone(), theirs]).unwrap(), "ohwx");
+        assert_eq!(trigger(Some("zwx".into()), &[ours]).unwrap(), "zwx");
+        let e = trigger(None, &[bare]).unwrap_err().to_string();
+        assert!(e.contains("--trigger"), "{e}");
+        assert_eq!(adapter_and_weight("a.safetensors:0.8").unwrap(), (PathBuf::from("a.safetensors"), 0.8));
+        assert_eq!(adapter_and_weight("C:/x/a.safetensors").unwrap(), (PathBuf::from("C:/x/a.safetensors"), 1.0));
+        assert!(adapter_and_weight("a.safetensors:inf").is_err());
+    }
 }

@@ -5,10 +5,10 @@ use catlora::evaluation::score::{self, ScoreOptions};
 use clap::Args;
 use std::path::PathBuf;
 
-/// Score a folder of generated images with CLIP; prints one JSON object on stdout.
+/// Score a folder of generated images (or one image) with CLIP; prints one JSON object on stdout.
 ///
 /// Always: `n_images` and `diversity` (1 - mean pairwise cosine similarity; needs at least two
-/// images). With --prompt: `prompt_similarity`. With --identity-ref: `identity_similarity` to the
+/// images, so a single image gets a `notes` entry instead). With --prompt: `prompt_similarity`. With --identity-ref: `identity_similarity` to the
 /// adapter's training images. With --base-images: `kps` (knowledge preservation), pairing each
 /// image with the base model's image of the same file name.
 #[derive(Args, Debug)]
@@ -17,8 +17,8 @@ pub struct ScoreArgs {
     /// preprocessor_config.json).
     #[arg(long, value_name = "DIR")]
     pub clip: PathBuf,
-    /// Folder of the images to score (png, jpg, jpeg, webp).
-    #[arg(long, value_name = "DIR")]
+    /// Folder of the images to score (png, jpg, jpeg, webp), or one image file.
+    #[arg(long, value_name = "DIR|FILE")]
     pub images: PathBuf,
     /// The prompt the images were generated from.
     #[arg(long)]

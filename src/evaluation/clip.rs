@@ -262,7 +262,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixtures() -> PathBuf {
-        PathBuf::from(crate::fixtures::FIXTURES_DIR)
+        crate::fixtures::fixtures_dir()
     }
 
     fn model() -> ClipModel {

@@ -22,6 +22,10 @@ pub struct EvalOptions {
     pub model: PathBuf,
     pub clip: PathBuf,
     pub adapters: Vec<PathBuf>,
+    /// Each adapter's weight when selected (its LoRA scale; 1 for an adapter not listed).
+    pub weights: Vec<f32>,
+    /// The negative prompt of every image.
+    pub negative_prompt: String,
     /// The adapters' training images (identity reference).
     pub data: PathBuf,
     pub trigger: String,
@@ -47,6 +51,7 @@ impl EvalOptions {
     pub fn params(&self, prompt: String) -> GenerateParams {
         GenerateParams {
             prompt,
+            negative_prompt: self.negative_prompt.clone(),
             sampler: self.sampler,
             steps: self.steps,
             cfg: self.cfg,
@@ -87,6 +92,8 @@ pub struct ModelSet {
     adapters: Vec<Adapter>,
     /// `base`, then one name per adapter ([`model_names`]).
     pub names: Vec<String>,
+    /// Each adapter's weight when selected.
+    pub weights: Vec<f32>,
 }
 
 impl ModelSet {
@@ -98,14 +105,27 @@ impl ModelSet {
             let file = lora_file::read(path, &known)?;
             attached.push(attach_file(&mut sd.targets(), &file, 0.0, &path.display().to_string())?);
         }
-        Ok(Self { sd, adapters: attached, names: model_names(adapters) })
+        Ok(Self { sd, weights: vec![1.0; attached.len()], adapters: attached, names: model_names(adapters) })
+    }
+
+    /// Sets the adapters' weights (`weights[k]` for adapter `k`; 1 for those not listed).
+    pub fn with_weights(mut self, weights: &[f32]) -> Self {
+        for (w, &given) in self.weights.iter_mut().zip(weights) {
+            *w = given;
+        }
+        self
     }
 
     /// Generation from now on uses model `m` alone.
     pub fn select(&self, m: usize) {
         for (k, a) in self.adapters.iter().enumerate() {
-            a.gate.set(if m == k + 1 { 1.0 } else { 0.0 });
+            a.gate.set(if m == k + 1 { self.weights[k] } else { 0.0 });
         }
+    }
+
+    /// The LoRA tag of model `m` for image metadata: `None` for the base model.
+    pub fn lora(&self, m: usize) -> Option<(&str, f32)> {
+        (m > 0).then(|| (self.names[m].as_str(), self.weights[m - 1]))
     }
 }
 
@@ -118,9 +138,9 @@ pub fn generate_seeded(sd: &StableDiffusion, p: &GenerateParams, seeds: &[u64]) 
 
 /// Saves a generated image with its settings in AUTOMATIC1111's `parameters` text, as
 /// `catlora generate` does: `model` is the base model's name, `lora` the adapter in use (written
-/// as a `<lora:name:1>` tag after the prompt).
-pub fn save_generated(path: &Path, rgb: &[u8], p: &GenerateParams, seed: u64, model: &str, lora: Option<&str>) -> Result<()> {
-    let loras: Vec<(String, f32)> = lora.map(|name| (name.to_string(), 1.0)).into_iter().collect();
+/// as a `<lora:name:weight>` tag after the prompt).
+pub fn save_generated(path: &Path, rgb: &[u8], p: &GenerateParams, seed: u64, model: &str, lora: Option<(&str, f32)>) -> Result<()> {
+    let loras: Vec<(String, f32)> = lora.map(|(name, w)| (name.to_string(), w)).into_iter().collect();
     save_with_infotext(path, rgb, &GenerateParams { seed, ..p.clone() }, model, &loras)
 }
 
@@ -145,7 +165,7 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
         bail!("no prompts to evaluate");
     }
     let device = crate::device::parse(&opts.device)?;
-    let set = ModelSet::load(&opts.model, &opts.adapters, &device)?;
+    let set = ModelSet::load(&opts.model, &opts.adapters, &device)?.with_weights(&opts.weights);
     set.sd.check_size(opts.resolution, opts.resolution)?;
     let clip = ClipModel::load(&opts.clip, &device)?;
     let names = set.names.clone();
@@ -175,7 +195,7 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
                 let p = opts.params(text.clone());
                 for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.iter().zip(&seeds) {
                     let file = format!("images/{name}/{variant}/p{pi:02}-s{seed}.png");
-                    save_generated(&opts.out.join(&file), rgb, &p, seed, &model_name, (m > 0).then_some(name.as_str()))?;
+                    save_generated(&opts.out.join(&file), rgb, &p, seed, &model_name, set.lora(m))?;
                     images.push(ImageRecord {
                         model: name.clone(),
                         prompt_index: pi,

@@ -43,22 +43,25 @@ fn check_pairing(images_dir: &Path, images: &[PathBuf], base_dir: &Path, base: &
     Ok(())
 }
 
-/// Scores `opts.images`: `n_images`, `diversity` (needs at least two images), and
-/// `prompt_similarity`, `identity_similarity`, `kps` when their inputs are given.
+/// Scores `opts.images` (a folder, or one image file): `n_images`, `diversity` (from two images
+/// on; one image gets a `notes` entry instead), and `prompt_similarity`, `identity_similarity`,
+/// `kps` when their inputs are given.
 pub fn score(clip: &ClipModel, opts: &ScoreOptions) -> Result<Value> {
-    let files = list_images(&opts.images)?;
+    let files = if opts.images.is_file() { vec![opts.images.clone()] } else { list_images(&opts.images)? };
     // Pairing is checked before any embedding, so a naming mistake fails fast.
     let base_files = match &opts.base_images {
         Some(dir) => {
-            let base = list_images(dir)?;
+            let base = if dir.is_file() { vec![dir.clone()] } else { list_images(dir)? };
             check_pairing(&opts.images, &files, dir, &base)?;
             Some(base)
         }
         None => None,
     };
     let images = clip.embed_image_files(&files)?;
-    // First, so that a one-image folder fails before the other folders are embedded.
-    let diversity = metrics::diversity(&images).with_context(|| format!("diversity of {}", opts.images.display()))?;
+    let diversity = match images.len() {
+        1 => None,
+        _ => Some(metrics::diversity(&images).with_context(|| format!("diversity of {}", opts.images.display()))?),
+    };
     let mut out = Map::new();
     out.insert("n_images".into(), json!(files.len()));
     if let Some(prompt) = &opts.prompt {
@@ -75,7 +78,14 @@ pub fn score(clip: &ClipModel, opts: &ScoreOptions) -> Result<Value> {
         let base = clip.embed_image_files(base_files)?;
         out.insert("kps".into(), json!(metrics::kps(&base, &images)?));
     }
-    out.insert("diversity".into(), json!(diversity));
+    match diversity {
+        Some(d) => {
+            out.insert("diversity".into(), json!(d));
+        }
+        None => {
+            out.insert("notes".into(), json!(["diversity needs at least 2 images; 1 was given, so it is left out"]));
+        }
+    }
     Ok(Value::Object(out))
 }
 
@@ -162,13 +172,17 @@ mod tests {
     }
 
     #[test]
-    fn empty_folder_and_single_image_are_errors() {
+    fn empty_folder_is_an_error_and_a_single_image_gets_what_one_image_allows() {
         let empty = folder("empty", &[]);
         let err = list_images(&empty).unwrap_err().to_string();
         assert!(err.contains(&empty.display().to_string()) && err.contains("no images"), "{err}");
         let single = folder("single", &[("only.png", 0)]);
-        let err = format!("{:#}", score(&model(), &ScoreOptions { images: single.clone(), ..Default::default() }).unwrap_err());
-        assert!(err.contains("diversity") && err.contains("at least 2 images, got 1"), "{err}");
+        for images in [single.clone(), single.join("only.png")] {
+            let v = score(&model(), &ScoreOptions { images, prompt: Some("a red square".into()), ..Default::default() }).unwrap();
+            assert_eq!(v["n_images"], 1);
+            assert!(v["prompt_similarity"].is_number() && v.get("diversity").is_none(), "{v}");
+            assert!(v["notes"][0].as_str().unwrap().contains("diversity"), "{v}");
+        }
         std::fs::remove_dir_all(empty).unwrap();
         std::fs::remove_dir_all(single).unwrap();
     }

@@ -226,6 +226,8 @@ pub enum StoreAs {
     F32,
     /// IEEE half precision, rounded to nearest even.
     F16,
+    /// bfloat16, rounded to nearest even.
+    BF16,
 }
 
 /// Serialises f32 tensors and string metadata into safetensors bytes. Names are sorted, so the
@@ -239,6 +241,7 @@ pub fn serialize_as(tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap
     let (size, dtype) = match store {
         StoreAs::F32 => (4, "F32"),
         StoreAs::F16 => (2, "F16"),
+        StoreAs::BF16 => (2, "BF16"),
     };
     let mut header = Map::new();
     if !metadata.is_empty() {
@@ -271,6 +274,7 @@ pub fn serialize_as(tensors: &BTreeMap<String, OwnedTensor>, metadata: &BTreeMap
             match store {
                 StoreAs::F32 => out.extend_from_slice(&v.to_le_bytes()),
                 StoreAs::F16 => out.extend_from_slice(&f32_to_f16(v).to_le_bytes()),
+                StoreAs::BF16 => out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes()),
             }
         }
     }

@@ -4,7 +4,7 @@
 //! block there instead of being stored (at 512 px, SD 1.5's largest self-attention would keep
 //! 512 MB of scores per layer). The forward is the usual max-shifted softmax; the backward uses
 //! `dS = P ⊙ (dP − rowsum(dO ⊙ O))`.
-use super::Real;
+use super::{Real, for_each_maybe_par};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -48,8 +48,10 @@ impl<T> Shared<T> {
 }
 
 /// `dst [r, c] = beta · lhs [r, k] · rhs [k, c] (+ dst when `accumulate`)`, strided, single-threaded
-/// (the blocks run in parallel).
+/// (the blocks run in parallel). Never inlined, so that profiles attribute the products to
+/// attention.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 unsafe fn mm<T: Real>(
     r: usize,
     c: usize,
@@ -92,6 +94,7 @@ unsafe fn mm<T: Real>(
 }
 
 /// Scores `S = scale · Q_blk K^T` of one block into `s [rows, m]`, with the causal mask as −∞.
+#[inline(never)]
 fn scores<T: Real>(q: &[T], k: &[T], dims: Dims, bh: usize, i0: usize, rows: usize, s: &mut [T]) {
     let (hd, d) = (dims.hd(), dims.d);
     let (b, h) = (bh / dims.heads, bh % dims.heads);
@@ -111,13 +114,27 @@ fn scores<T: Real>(q: &[T], k: &[T], dims: Dims, bh: usize, i0: usize, rows: usi
     }
 }
 
+/// Replaces a row of scores by `exp(s − max)`; returns `(max, Σ exp(s − max))`.
+#[inline(never)]
+fn softmax_row<T: Real>(row: &mut [T]) -> (T, T) {
+    let max = row.iter().fold(T::neg_infinity(), |a, &x| a.max(x));
+    let mut sum = T::zero();
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum = sum + *x;
+    }
+    (max, sum)
+}
+
 /// The output `[b, n, heads·d]` and each row's log-sum-exp `[b, heads, n]`.
 pub fn forward<T: Real>(q: &[T], k: &[T], v: &[T], dims: Dims) -> (Vec<T>, Vec<T>) {
     let (hd, d, m) = (dims.hd(), dims.d, dims.m);
     let mut out = vec![T::zero(); dims.b * dims.n * hd];
     let mut lse = vec![T::zero(); dims.b * dims.heads * dims.n];
     let (out_p, lse_p) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
-    (0..dims.b * dims.heads * dims.blocks()).into_par_iter().for_each(|task| {
+    let work = dims.b * dims.heads * dims.n * dims.m * dims.d;
+    let tasks = dims.b * dims.heads * dims.blocks();
+    let f = |task: usize| {
         let (bh, blk) = (task / dims.blocks(), task % dims.blocks());
         let (b, h) = (bh / dims.heads, bh % dims.heads);
         let i0 = blk * BLOCK;
@@ -125,14 +142,8 @@ pub fn forward<T: Real>(q: &[T], k: &[T], v: &[T], dims: Dims) -> (Vec<T>, Vec<T
         let mut s = vec![T::zero(); rows * m];
         scores(q, k, dims, bh, i0, rows, &mut s);
         let mut inv = vec![T::zero(); rows];
-        for r in 0..rows {
-            let row = &mut s[r * m..(r + 1) * m];
-            let max = row.iter().fold(T::neg_infinity(), |a, &x| a.max(x));
-            let mut sum = T::zero();
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum = sum + *x;
-            }
+        for (r, row) in s.chunks_mut(m).enumerate() {
+            let (max, sum) = softmax_row(row);
             inv[r] = T::one() / sum;
             // SAFETY: row (bh, i0 + r) of lse belongs to this task alone.
             unsafe { *lse_p.at(bh * dims.n + i0 + r) = max + sum.ln() };
@@ -147,7 +158,8 @@ pub fn forward<T: Real>(q: &[T], k: &[T], v: &[T], dims: Dims) -> (Vec<T>, Vec<T
                 unsafe { *out_p.at(o0 + r * hd + j) = *out_p.at(o0 + r * hd + j) * f };
             }
         }
-    });
+    };
+    for_each_maybe_par!(work, (0..tasks).into_par_iter(), 0..tasks, f);
     (out, lse)
 }
 
@@ -162,7 +174,8 @@ pub fn backward<T: Real>(q: &[T], k: &[T], v: &[T], out: &[T], lse: &[T], dout: 
     let (dq_p, dk_p, dv_p) = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
     let scale = T::of(dims.scale());
     // One task per (sample, head): its key and value gradients sum over the query blocks.
-    (0..dims.b * dims.heads).into_par_iter().for_each(|bh| {
+    let work = dims.b * dims.heads * dims.n * dims.m * dims.d;
+    let f = |bh: usize| {
         let (b, h) = (bh / dims.heads, bh % dims.heads);
         let kv0 = b * m * hd + h * d;
         let mut p = vec![T::zero(); BLOCK.min(dims.n) * m];
@@ -200,6 +213,8 @@ pub fn backward<T: Real>(q: &[T], k: &[T], v: &[T], out: &[T], lse: &[T], dout: 
                 mm(m, d, rows, dk_p.at(kv0), hd, true, dp.as_ptr(), 1, m, q.as_ptr().add(q0), hd, 1, scale);
             }
         }
-    });
+    };
+    let tasks = dims.b * dims.heads;
+    for_each_maybe_par!(work, (0..tasks).into_par_iter(), 0..tasks, f);
     (dq, dk, dv)
 }

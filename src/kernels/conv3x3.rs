@@ -9,7 +9,7 @@
 //! is `dY_wide · cols^T` and the input gradient `W^T · dY_wide` scattered back along the same
 //! shifts. Each product reads its operands with unit strides (the weight gradient straight into
 //! its `[O, C, 3, 3]` layout), which the matrix kernels need to run at full speed.
-use super::Real;
+use super::{Real, for_each_maybe_par};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -38,33 +38,54 @@ impl Geometry {
     /// `[c, h, w]` into the zero-bordered `[c, stride]` layout.
     fn pad<T: Real>(&self, x: &[T], c: usize) -> Vec<T> {
         let mut out = vec![T::zero(); c * self.stride];
-        out.par_chunks_mut(self.stride).zip(x.par_chunks(self.h * self.w)).take(c).for_each(|(o, src)| {
+        let hw = self.h * self.w;
+        let f = |(o, src): (&mut [T], &[T])| {
             for row in 0..self.h {
                 o[(row + 1) * self.wp + 1..][..self.w].copy_from_slice(&src[row * self.w..][..self.w]);
             }
-        });
+        };
+        for_each_maybe_par!(
+            c * hw,
+            out.par_chunks_mut(self.stride).zip(x.par_chunks(hw)).take(c),
+            out.chunks_mut(self.stride).zip(x.chunks(hw)).take(c),
+            f
+        );
         out
     }
 
     /// The column matrix `[c·9, wide]` of a padded input.
     fn cols<T: Real>(&self, xp: &[T], c: usize) -> Vec<T> {
         let mut cols = vec![T::zero(); c * 9 * self.wide];
-        cols.par_chunks_mut(9 * self.wide).zip(xp.par_chunks(self.stride)).take(c).for_each(|(dst, src)| {
+        let f = |(dst, src): (&mut [T], &[T])| {
             for (tap, d) in dst.chunks_mut(self.wide).enumerate() {
                 d.copy_from_slice(&src[self.shift(tap)..][..self.wide]);
             }
-        });
+        };
+        let n = 9 * self.wide;
+        for_each_maybe_par!(
+            c * n,
+            cols.par_chunks_mut(n).zip(xp.par_chunks(self.stride)).take(c),
+            cols.chunks_mut(n).zip(xp.chunks(self.stride)).take(c),
+            f
+        );
         cols
     }
 
     /// `[c, h, w]` in the wide layout `[c, wide]`, spare columns zero.
     fn widen<T: Real>(&self, x: &[T], c: usize) -> Vec<T> {
         let mut out = vec![T::zero(); c * self.wide];
-        out.par_chunks_mut(self.wide).zip(x.par_chunks(self.h * self.w)).take(c).for_each(|(o, src)| {
+        let hw = self.h * self.w;
+        let f = |(o, src): (&mut [T], &[T])| {
             for row in 0..self.h {
                 o[row * self.wp..][..self.w].copy_from_slice(&src[row * self.w..][..self.w]);
             }
-        });
+        };
+        for_each_maybe_par!(
+            c * hw,
+            out.par_chunks_mut(self.wide).zip(x.par_chunks(hw)).take(c),
+            out.chunks_mut(self.wide).zip(x.chunks(hw)).take(c),
+            f
+        );
         out
     }
 
@@ -114,7 +135,7 @@ fn matmul<T: Real>(
             false,
             false,
             false,
-            Parallelism::Rayon(0),
+            if super::parallel(m * n * k / 8) { Parallelism::Rayon(0) } else { Parallelism::None },
         )
     }
 }
@@ -130,7 +151,13 @@ pub fn forward<T: Real>(x: &[T], n: usize, c: usize, h: usize, w: usize, weight:
         matmul(o, g.wide, c * 9, &mut wide, false, weight, (c * 9, 1), &cols, (g.wide, 1));
         let start = y.len();
         g.crop_into(&wide, o, &mut y);
-        y[start..].par_chunks_mut(h * w).zip(bias.par_iter()).for_each(|(ch, &b)| ch.iter_mut().for_each(|v| *v = *v + b));
+        let f = |(ch, &b): (&mut [T], &T)| ch.iter_mut().for_each(|v| *v = *v + b);
+        for_each_maybe_par!(
+            o * h * w,
+            y[start..].par_chunks_mut(h * w).zip(bias.par_iter()),
+            y[start..].chunks_mut(h * w).zip(bias.iter()),
+            f
+        );
     }
     y
 }
@@ -177,19 +204,21 @@ pub fn backward<T: Real>(
         // dcols [c·9, wide] = W^T · dy_wide, then each tap's row adds back at its shift.
         matmul(c * 9, g.wide, o, &mut dcols, false, weight, (1, c * 9), &dy_wide, (g.wide, 1));
         let mut dxp = vec![T::zero(); c * g.stride];
-        dxp.par_chunks_mut(g.stride).zip(dcols.par_chunks(9 * g.wide)).for_each(|(d, src)| {
+        let f = |(d, src): (&mut [T], &[T])| {
             for (tap, s) in src.chunks(g.wide).enumerate() {
                 d[g.shift(tap)..][..g.wide].iter_mut().zip(s).for_each(|(a, &v)| *a = *a + v);
             }
-        });
+        };
+        let n = 9 * g.wide;
+        for_each_maybe_par!(c * n, dxp.par_chunks_mut(g.stride).zip(dcols.par_chunks(n)), dxp.chunks_mut(g.stride).zip(dcols.chunks(n)), f);
         for ch in 0..c {
             for row in 0..h {
                 dx.extend_from_slice(&dxp[ch * g.stride + (row + 1) * g.wp + 1..][..w]);
             }
         }
     }
+    // One pass over dy: cheap next to the products, so on the calling thread.
     let db = (0..if needed.bias { o } else { 0 })
-        .into_par_iter()
         .map(|ch| {
             (0..n).map(|img| dy[(img * o + ch) * h * w..][..h * w].iter().fold(T::zero(), |a, &v| a + v)).fold(T::zero(), |a, v| a + v)
         })

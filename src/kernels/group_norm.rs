@@ -2,7 +2,7 @@
 //! follows it in every ResNet block: one pass for the statistics and one for the output (the
 //! composed form makes about ten full-size passes), and the closed-form backward in two passes.
 //! Groups are independent, so they run in parallel; statistics accumulate in f64.
-use super::Real;
+use super::{Real, for_each_maybe_par};
 use rayon::prelude::*;
 
 /// The shape of a `[N, C, H, W]` input split into `groups`.
@@ -39,23 +39,35 @@ fn sigmoid<T: Real>(y: T) -> T {
 pub fn forward<T: Real>(x: &[T], d: Dims, weight: &[T], bias: &[T], eps: f64, silu: bool) -> Vec<T> {
     let (cpg, len) = (d.per_group(), d.len());
     let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(k, (o, xg))| {
-        let (mean, rstd) = stats(xg, eps);
+    let f = |(k, (o, xg)): (usize, (&mut [T], &[T]))| {
         let c0 = (k % d.groups) * cpg;
-        for (j, (ov, xv)) in o.chunks_mut(d.hw).zip(xg.chunks(d.hw)).enumerate() {
-            let scale = rstd * weight[c0 + j].as_f64();
-            let (shift, scale) = (T::of(bias[c0 + j].as_f64() - mean * scale), T::of(scale));
-            if silu {
-                ov.iter_mut().zip(xv).for_each(|(a, &v)| {
-                    let y = v * scale + shift;
-                    *a = y * sigmoid(y)
-                });
-            } else {
-                ov.iter_mut().zip(xv).for_each(|(a, &v)| *a = v * scale + shift);
-            }
-        }
-    });
+        normalise_group(o, xg, d.hw, &weight[c0..c0 + cpg], &bias[c0..c0 + cpg], eps, silu)
+    };
+    for_each_maybe_par!(
+        x.len(),
+        out.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate(),
+        out.chunks_mut(len).zip(x.chunks(len)).enumerate(),
+        f
+    );
     out
+}
+
+/// One group of the forward pass (never inlined, so that profiles can name it).
+#[inline(never)]
+fn normalise_group<T: Real>(o: &mut [T], xg: &[T], hw: usize, weight: &[T], bias: &[T], eps: f64, silu: bool) {
+    let (mean, rstd) = stats(xg, eps);
+    for (j, (ov, xv)) in o.chunks_mut(hw).zip(xg.chunks(hw)).enumerate() {
+        let scale = rstd * weight[j].as_f64();
+        let (shift, scale) = (T::of(bias[j].as_f64() - mean * scale), T::of(scale));
+        if silu {
+            ov.iter_mut().zip(xv).for_each(|(a, &v)| {
+                let y = v * scale + shift;
+                *a = y * sigmoid(y)
+            });
+        } else {
+            ov.iter_mut().zip(xv).for_each(|(a, &v)| *a = v * scale + shift);
+        }
+    }
 }
 
 /// The gradients of `x`, `weight` and `bias` from the output gradient `dy`.
@@ -63,54 +75,16 @@ pub fn backward<T: Real>(x: &[T], d: Dims, weight: &[T], bias: &[T], eps: f64, s
     let (cpg, len) = (d.per_group(), d.len());
     let mut dx = vec![T::zero(); x.len()];
     // Per (sample, group): the per-channel sums of dL/dy·x̂ and dL/dy, reduced over samples after.
-    let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
-        .par_chunks_mut(len)
-        .zip(x.par_chunks(len).zip(dy.par_chunks(len)))
-        .enumerate()
-        .map(|(k, (dxg, (xg, dyg)))| {
-            let (mean, rstd) = stats(xg, eps);
-            let c0 = (k % d.groups) * cpg;
-            let (mean_t, rstd_t) = (T::of(mean), T::of(rstd));
-            // x̂ and the gradient reaching the affine output y (through the SiLU when there is one).
-            let grad_y = |j: usize, v: T, g: T| -> (T, T) {
-                let xhat = (v - mean_t) * rstd_t;
-                if silu {
-                    let y = xhat * weight[c0 + j] + bias[c0 + j];
-                    let s = sigmoid(y);
-                    (xhat, g * s * (T::one() + y * (T::one() - s)))
-                } else {
-                    (xhat, g)
-                }
-            };
-            let (mut dw, mut db) = (vec![0f64; cpg], vec![0f64; cpg]);
-            let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-            for j in 0..cpg {
-                let w = weight[c0 + j].as_f64();
-                let (mut gw, mut gb) = (0f64, 0f64);
-                for i in j * d.hw..(j + 1) * d.hw {
-                    let (xhat, g) = grad_y(j, xg[i], dyg[i]);
-                    let (xhat, g) = (xhat.as_f64(), g.as_f64());
-                    gw += g * xhat;
-                    gb += g;
-                }
-                dw[j] = gw;
-                db[j] = gb;
-                sum_g += gb * w;
-                sum_gx += gw * w;
-            }
-            let m = len as f64;
-            let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
-            let (mean_g, mean_gx) = (T::of(mean_g), T::of(mean_gx));
-            for j in 0..cpg {
-                let w = weight[c0 + j];
-                for i in j * d.hw..(j + 1) * d.hw {
-                    let (xhat, g) = grad_y(j, xg[i], dyg[i]);
-                    dxg[i] = rstd_t * (g * w - mean_g - xhat * mean_gx);
-                }
-            }
-            (dw, db)
-        })
-        .collect();
+    type Chunks<'a, T> = (usize, (&'a mut [T], (&'a [T], &'a [T])));
+    let f = |(k, (dxg, (xg, dyg))): Chunks<T>| {
+        let c0 = (k % d.groups) * cpg;
+        group_gradients(dxg, xg, dyg, d.hw, &weight[c0..c0 + cpg], &bias[c0..c0 + cpg], eps, silu)
+    };
+    let partial: Vec<(Vec<f64>, Vec<f64>)> = if super::parallel(x.len()) {
+        dx.par_chunks_mut(len).zip(x.par_chunks(len).zip(dy.par_chunks(len))).enumerate().map(f).collect()
+    } else {
+        dx.chunks_mut(len).zip(x.chunks(len).zip(dy.chunks(len))).enumerate().map(f).collect()
+    };
     let (mut dw, mut db) = (vec![0f64; d.c], vec![0f64; d.c]);
     for (k, (pw, pb)) in partial.iter().enumerate() {
         let c0 = (k % d.groups) * cpg;
@@ -120,6 +94,61 @@ pub fn backward<T: Real>(x: &[T], d: Dims, weight: &[T], bias: &[T], eps: f64, s
         }
     }
     (dx, dw.into_iter().map(T::of).collect(), db.into_iter().map(T::of).collect())
+}
+
+/// One group of the backward pass: writes its input gradient and returns the per-channel sums
+/// of `dL/dy · x̂` and `dL/dy` (never inlined, so that profiles can name it).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn group_gradients<T: Real>(
+    dxg: &mut [T],
+    xg: &[T],
+    dyg: &[T],
+    hw: usize,
+    weight: &[T],
+    bias: &[T],
+    eps: f64,
+    silu: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let cpg = weight.len();
+    let (mean, rstd) = stats(xg, eps);
+    let (mean_t, rstd_t) = (T::of(mean), T::of(rstd));
+    // x̂ and the gradient reaching the affine output y (through the SiLU when there is one).
+    let grad_y = |j: usize, v: T, g: T| -> (T, T) {
+        let xhat = (v - mean_t) * rstd_t;
+        if silu {
+            let y = xhat * weight[j] + bias[j];
+            let s = sigmoid(y);
+            (xhat, g * s * (T::one() + y * (T::one() - s)))
+        } else {
+            (xhat, g)
+        }
+    };
+    let (mut dw, mut db) = (vec![0f64; cpg], vec![0f64; cpg]);
+    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+    for j in 0..cpg {
+        let w = weight[j].as_f64();
+        let (mut gw, mut gb) = (0f64, 0f64);
+        for i in j * hw..(j + 1) * hw {
+            let (xhat, g) = grad_y(j, xg[i], dyg[i]);
+            let (xhat, g) = (xhat.as_f64(), g.as_f64());
+            gw += g * xhat;
+            gb += g;
+        }
+        dw[j] = gw;
+        db[j] = gb;
+        sum_g += gb * w;
+        sum_gx += gw * w;
+    }
+    let m = xg.len() as f64;
+    let (mean_g, mean_gx) = (T::of(sum_g / m), T::of(sum_gx / m));
+    for (j, &w) in weight.iter().enumerate() {
+        for i in j * hw..(j + 1) * hw {
+            let (xhat, g) = grad_y(j, xg[i], dyg[i]);
+            dxg[i] = rstd_t * (g * w - mean_g - xhat * mean_gx);
+        }
+    }
+    (dw, db)
 }
 
 #[cfg(test)]

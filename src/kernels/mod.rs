@@ -8,16 +8,38 @@
 //! They are burn backend extensions (`#[backend_extension]`): [`KernelOps`] routes a dispatch
 //! tensor to the flex kernel ([`flex`]) or, for tensors that record a graph, to the autodiff
 //! wrapper ([`autodiff`]) that registers the kernel's backward pass.
+// burn marks its LibTorch backend deprecated in favour of CubeCL, whose CUDA build downloads LLVM.
+#![cfg_attr(feature = "libtorch", allow(deprecated))]
 pub mod attention;
 pub mod autodiff;
 pub mod conv3x3;
 pub mod flex;
 pub mod group_norm;
+#[cfg(feature = "libtorch")]
+pub mod libtorch;
 
 use burn::backend::{Backend, DispatchDevice, backend_extension, tensor::FloatTensor};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
+
+/// Work (element operations) below which a kernel stays on the calling thread: waking rayon's
+/// pool costs more than it saves on small tensors (the toy models, cross-attention to 77 tokens).
+const PARALLEL_WORK: usize = 1 << 17;
+
+/// Whether `work` element operations are worth spreading over the thread pool.
+pub(crate) fn parallel(work: usize) -> bool {
+    work >= PARALLEL_WORK && rayon::current_num_threads() > 1
+}
+
+/// Runs `f` on every item, on the pool when the work is large enough (the `rayon` iterator and
+/// the plain one yield the same items).
+macro_rules! for_each_maybe_par {
+    ($work:expr, $par:expr, $seq:expr, $f:expr) => {
+        if $crate::kernels::parallel($work) { $par.for_each($f) } else { $seq.for_each($f) }
+    };
+}
+pub(crate) use for_each_maybe_par;
 
 /// The element types the kernels are written for (f64 for the gradient checks).
 pub trait Real: num_traits::Float + Send + Sync + 'static + burn::tensor::Element + bytemuck::Pod {
@@ -44,7 +66,7 @@ impl Real for f64 {
 }
 
 /// The fused forward operations, per backend.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, LibTorch: cfg(feature = "libtorch"), Autodiff)]
 pub trait KernelOps: Backend {
     /// 3x3 convolution, stride 1, padding 1: `x [N, C, H, W]`, `weight [O, C, 3, 3]`, `bias [O]`.
     fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -117,6 +139,16 @@ pub fn on_flex(device: &Device) -> bool {
     matches!(device.clone().without_autodiff().as_dispatch(), DispatchDevice::Flex(_))
 }
 
+/// Whether tensors on `device` run on burn's LibTorch backend (PyTorch's kernels).
+pub fn on_libtorch(device: &Device) -> bool {
+    #[cfg(feature = "libtorch")]
+    if matches!(device.clone().without_autodiff().as_dispatch(), DispatchDevice::LibTorch(_)) {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
 /// A convolution with a 3x3 kernel, stride 1 and padding 1, as `conv2d` computes it.
 pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
     if on_flex(&x.device()) {
@@ -129,7 +161,7 @@ pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
 /// Group normalisation of `x [N, C, H, W]` with a per-channel affine transform, followed by SiLU
 /// when `silu`.
 pub fn group_norm(x: Tensor<4>, weight: Tensor<1>, bias: Tensor<1>, groups: usize, eps: f64, silu: bool) -> Tensor<4> {
-    if on_flex(&x.device()) {
+    if on_flex(&x.device()) || on_libtorch(&x.device()) {
         let out = burn::backend::Dispatch::group_norm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), groups, eps, silu);
         Tensor::from_dispatch(out)
     } else {
@@ -154,7 +186,7 @@ pub fn group_norm_composed(x: Tensor<4>, weight: Tensor<1>, bias: Tensor<1>, gro
 /// Multi-head attention on `[B, N, heads·D]` queries and `[B, M, heads·D]` keys and values,
 /// causal (each query sees the keys up to its own position) when `causal`.
 pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
-    if on_flex(&q.device()) {
+    if on_flex(&q.device()) || on_libtorch(&q.device()) {
         Tensor::from_dispatch(burn::backend::Dispatch::attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), heads, causal))
     } else {
         attention_composed(q, k, v, heads, causal)

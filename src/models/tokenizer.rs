@@ -345,7 +345,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixtures() -> PathBuf {
-        PathBuf::from(crate::fixtures::FIXTURES_DIR)
+        crate::fixtures::fixtures_dir()
     }
 
     fn sd_tokenizer() -> ClipTokenizer {

@@ -95,8 +95,19 @@ impl fmt::Display for SamplerKind {
 
 impl FromStr for SamplerKind {
     type Err = anyhow::Error;
+    /// catlora's names, and the spellings of AUTOMATIC1111 (`DPM++ 2M Karras`, `Euler a`), ComfyUI
+    /// (`dpmpp_2m`, `euler_ancestral`) and kohya's sample prompts (`k_euler_a`, `dpmsolver++`).
     fn from_str(s: &str) -> Result<Self> {
-        match Self::ALL.into_iter().find(|k| k.name() == s) {
+        let mut n = s.trim().to_lowercase().replace([' ', '_'], "-").replace("++", "pp");
+        if let Some(rest) = n.strip_prefix("k-") {
+            n = rest.to_string();
+        }
+        let n = match n.as_str() {
+            "euler-ancestral" => "euler-a",
+            "dpmsolverpp" | "dpmsolver-multistep" => "dpmpp-2m",
+            other => other,
+        };
+        match Self::ALL.into_iter().find(|k| k.name() == n) {
             Some(k) => Ok(k),
             None => {
                 let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();

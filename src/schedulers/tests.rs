@@ -1,7 +1,6 @@
 //! Samplers against diffusers 0.42.1: the fixture's timesteps, and `scheduler-reference.json` (made by
 //! diffusers + torch 2.12.1 on CPU): timesteps, sigmas and initial noise scales over spacings and
 //! step counts, and whole 10-step trajectories with a toy model for every sampler and prediction type.
-use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::Value;
@@ -39,7 +38,7 @@ fn close(got: &[f64], want: &[f64], rel: f64, what: &str) {
 /// the initial noise scale of every sampler.
 #[test]
 fn fixture_schedules() {
-    let dir = Path::new(crate::fixtures::FIXTURES_DIR);
+    let dir = &crate::fixtures::fixtures_dir();
     for (model, refs) in [("tiny-sd", "eps-samplers.safetensors"), ("tiny-sd2-v", "vpred-reference.safetensors")] {
         let config = load(&dir.join(model).join("scheduler/scheduler_config.json")).unwrap();
         let file = SafeTensorsFile::open(&dir.join(refs)).unwrap();
@@ -145,6 +144,20 @@ fn other_schedules_match_diffusers() {
 fn kinds_and_errors() {
     for kind in SamplerKind::ALL {
         assert_eq!(kind.name().parse::<SamplerKind>().unwrap(), kind);
+    }
+    for (alias, kind) in [
+        ("DPM++ 2M Karras", SamplerKind::DpmPp2mKarras),
+        ("dpmpp_2m_karras", SamplerKind::DpmPp2mKarras),
+        ("DPM++ 2M", SamplerKind::DpmPp2m),
+        ("dpmsolver++", SamplerKind::DpmPp2m),
+        ("Euler a", SamplerKind::EulerAncestral),
+        ("euler_a", SamplerKind::EulerAncestral),
+        ("euler_ancestral", SamplerKind::EulerAncestral),
+        ("k_euler_a", SamplerKind::EulerAncestral),
+        ("k_euler", SamplerKind::Euler),
+        ("DDIM", SamplerKind::Ddim),
+    ] {
+        assert_eq!(alias.parse::<SamplerKind>().unwrap(), kind, "{alias}");
     }
     let e = "heun".parse::<SamplerKind>().unwrap_err().to_string();
     assert!(e.contains("heun") && e.contains("ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras"), "{e}");

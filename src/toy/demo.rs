@@ -23,7 +23,7 @@ use crate::evaluation::eval::{EvalOptions, EvalResults, ModelSet, evaluate, fold
 use crate::io::image::{RgbImage, load_rgb, save_png};
 use crate::pipeline::txt2img::GenerateParams;
 use crate::schedulers::SamplerKind;
-use crate::training::config::{Concept, Method, TrainConfig};
+use crate::training::config::{Concept, Method, SavePrecision, TrainConfig};
 use crate::training::trainer::{Progress, train};
 use crate::training::trigger::remove_trigger;
 use anyhow::{Context, Result, bail};
@@ -189,7 +189,7 @@ pub fn truth_of(images: &[RgbImage]) -> Truth {
 /// The trigger-less class images of every model again, sampled with guidance `cfg`, written to
 /// `out/<model>/`; their ground truth per model.
 fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn DemoProgress) -> Result<BTreeMap<String, Truth>> {
-    let set = ModelSet::load(&eval.model, &eval.adapters, &crate::device::parse(&eval.device)?)?;
+    let set = ModelSet::load(&eval.model, &eval.adapters, &crate::device::parse(&eval.device)?)?.with_weights(&eval.weights);
     let seeds = eval.seed_list();
     let model_name = folder_name(&eval.model);
     let mut truth = BTreeMap::new();
@@ -200,14 +200,7 @@ fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn Dem
         for (pi, prompt) in eval.prompts.iter().enumerate() {
             let p = GenerateParams { cfg, ..eval.params(remove_trigger(prompt, &eval.trigger)) };
             for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.into_iter().zip(&seeds) {
-                save_generated(
-                    &out.join(format!("{name}/p{pi:02}-s{seed}.png")),
-                    &rgb,
-                    &p,
-                    seed,
-                    &model_name,
-                    (m > 0).then_some(name.as_str()),
-                )?;
+                save_generated(&out.join(format!("{name}/p{pi:02}-s{seed}.png")), &rgb, &p, seed, &model_name, set.lora(m))?;
                 images.push(RgbImage::from_raw(p.width as u32, p.height as u32, rgb).context("an image of the generated size")?);
             }
         }
@@ -268,7 +261,13 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
         let file = out.join("adapters").join(format!("{}.safetensors", method.name()));
         let cfg = TrainConfig {
             model: sd.clone(),
-            concepts: vec![Concept { data: data.clone(), trigger: TRIGGER.into(), class: Some("a circle".into()), class_data: None }],
+            concepts: vec![Concept {
+                data: data.clone(),
+                trigger: TRIGGER.into(),
+                class: Some("a circle".into()),
+                class_data: None,
+                repeats: 1,
+            }],
             out: file.clone(),
             method,
             cat_weight: opts.cat_weight,
@@ -282,6 +281,8 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
             seed: opts.seed,
             sample_steps: opts.sample_steps,
             device: opts.device.clone(),
+            // The demo's measured numbers were made with full-precision adapters.
+            save_precision: SavePrecision::Fp32,
             ..Default::default()
         };
         progress.stage(&format!("training {} ({} steps)", method.name(), opts.steps));
@@ -294,6 +295,8 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
         model: sd,
         clip,
         adapters: adapters.clone(),
+        weights: Vec::new(),
+        negative_prompt: String::new(),
         data,
         trigger: TRIGGER.into(),
         prompts: prompts(),

@@ -36,15 +36,21 @@ impl AdamW {
 
     /// One update of every parameter with its gradient at learning rate `lr`.
     pub fn update(&mut self, params: &mut [Tensor<1>], grads: &[Tensor<1>], lr: f64) {
+        self.update_each(params, grads, &vec![lr; params.len()]);
+    }
+
+    /// One update of every parameter with its gradient, parameter `k` at learning rate `lrs[k]`
+    /// (separate rates for the UNet's and the text encoder's LoRA).
+    pub fn update_each(&mut self, params: &mut [Tensor<1>], grads: &[Tensor<1>], lrs: &[f64]) {
         self.step += 1;
         let c = self.config;
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
         let bias2 = 1.0 - c.beta2.powi(self.step as i32);
-        let step_size = (lr / bias1) as f32;
         let bias2_sqrt = bias2.sqrt() as f32;
-        let decay = (1.0 - lr * c.weight_decay) as f32;
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         for (k, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let step_size = (lrs[k] / bias1) as f32;
+            let decay = (1.0 - lrs[k] * c.weight_decay) as f32;
             let m = self.exp_avg[k].clone().mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
             let v = self.exp_avg_sq[k].clone().mul_scalar(b2) + g.clone().mul_scalar(1.0 - b2) * g.clone();
             let denom = v.clone().sqrt().div_scalar(bias2_sqrt).add_scalar(eps);
@@ -78,6 +84,14 @@ mod tests {
         assert!((p[0] - (1.0 * d - 0.1)).abs() < 1e-6);
         assert!((p[1] - (-2.0 * d + 0.1)).abs() < 1e-6);
         assert!((p[2] - 0.5 * d).abs() < 1e-7);
+    }
+
+    #[test]
+    fn each_parameter_takes_its_own_rate() {
+        let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() }, vec![t(&[0.0]), t(&[0.0])]);
+        let mut p = vec![t(&[1.0]), t(&[1.0])];
+        opt.update_each(&mut p, &[t(&[0.5]), t(&[0.5])], &[0.1, 0.01]);
+        assert!((host(&p[0])[0] - 0.9).abs() < 1e-6 && (host(&p[1])[0] - 0.99).abs() < 1e-6);
     }
 
     #[test]

@@ -5,19 +5,21 @@ use super::adamw::{AdamW, AdamWConfig};
 use super::checkpoint::{self, State};
 use super::config::{FileFormat, Method, TrainConfig};
 use super::data::{Dataset, LatentDist, encode_latents};
+use super::metadata::{BaseModel, DatasetDir, adapter_metadata, add_hashes, folder_name};
 use super::objective::{Cond, LossTerms, PriorTerm, StepInputs, cat_gradients};
 use super::params::{AdapterParams, Params, add_scaled, clip_to_norm, global_norm, to_device};
+use super::sample_prompt;
 use super::schedule::learning_rate;
-use crate::adapters::lora::{LoraConfig, attach_new, to_file};
+use crate::adapters::lora::{Adapter, LoraConfig, attach_new, to_file};
 use crate::adapters::lora_file::{self, Format};
-use crate::io::image::{Crop, flip_horizontal, load_rgb, resize_and_crop, save_png, tensor_to_rgb8};
+use crate::io::image::{Crop, flip_horizontal, load_rgb, resize_and_crop, tensor_to_rgb8};
+use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate, seeded_latents};
 use crate::rng::Rng;
 use crate::schedulers::{NoiseSchedule, PredictionType, SamplerKind};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -51,6 +53,13 @@ impl RunPaths {
             samples: side(".samples"),
             class_images: side(".class-images"),
         }
+    }
+
+    /// The adapter saved after `step` steps (`--save-every`), kohya style: `<stem>-000500.safetensors`.
+    pub fn snapshot(&self, step: usize) -> PathBuf {
+        let stem = self.adapter.with_extension("");
+        let ext = self.adapter.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "safetensors".into());
+        PathBuf::from(format!("{}-{step:06}.{ext}", stem.display()))
     }
 }
 
@@ -103,8 +112,7 @@ fn class_examples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, pro
                             ..Default::default()
                         };
                         let img = generate(sd, &p, seeded_latents(sd, &p, p.seed), |_, _| {})?;
-                        let rgb = &tensor_to_rgb8(img)[0];
-                        save_png(&file, rgb, cfg.resolution as u32, cfg.resolution as u32, &[("parameters", class)])?;
+                        save_with_infotext(&file, &tensor_to_rgb8(img)[0], &p, &folder_name(&cfg.model), &[])?;
                     }
                     imgs.push(load_rgb(&file)?);
                 }
@@ -301,18 +309,20 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     let mut log =
         std::fs::OpenOptions::new().append(true).open(&paths.log).with_context(|| format!("cannot open {}", paths.log.display()))?;
 
-    let n = data.examples.len();
+    let n = data.pool.len();
     let per_step = cfg.batch * cfg.grad_accum;
     progress.start(start, cfg.steps);
     for step in start..cfg.steps {
-        let lr = learning_rate(cfg.lr, cfg.schedule, cfg.warmup_steps, step, cfg.steps);
+        let lr = learning_rate(cfg.unet_lr.unwrap_or(cfg.lr), cfg.lr_schedule, cfg.warmup, step, cfg.steps);
+        let te_lr = learning_rate(cfg.text_encoder_lr.unwrap_or(cfg.lr), cfg.lr_schedule, cfg.warmup, step, cfg.steps);
+        let lrs: Vec<f64> = params.names.iter().map(|n| if n.starts_with("text_encoder.") { te_lr } else { lr }).collect();
         let mut grads = params.zeros();
         let mut terms = LossTerms::default();
         for micro in 0..cfg.grad_accum {
             let idx: Vec<usize> = (0..cfg.batch)
                 .map(|b| {
                     let pos = step * per_step + micro * cfg.batch + b;
-                    permutation(cfg.seed, pos / n, n)[pos % n]
+                    data.pool[permutation(cfg.seed, pos / n, n)[pos % n]]
                 })
                 .collect();
             let mut z = Vec::with_capacity(idx.len());
@@ -392,16 +402,22 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
             let norm = global_norm(&grads);
             clip_to_norm(&mut grads, norm, cfg.max_grad_norm);
         }
-        opt.update(&mut params.values, &grads, lr);
+        opt.update_each(&mut params.values, &grads, &lrs);
         last = terms;
         let line = serde_json::json!({"step": step + 1, "lr": lr, "loss": terms.total, "diffusion": terms.diffusion, "cat": terms.cat, "prior": terms.prior});
         writeln!(log, "{line}").with_context(|| format!("cannot write {}", paths.log.display()))?;
         progress.step(step + 1, &terms, lr);
 
         let done = step + 1;
-        if cfg.save_every > 0 && done % cfg.save_every == 0 && done < cfg.steps {
+        let save_now = cfg.save_every > 0 && done % cfg.save_every == 0;
+        // The last step always leaves a checkpoint, so that a resume with more steps continues.
+        if save_now || done == cfg.steps {
             let state = State { step: done, rng: rng.state(), adam_step: opt.step, config: config_json.clone(), last };
             checkpoint::save(&paths.checkpoint, &state, &params, &opt)?;
+        }
+        if save_now && done < cfg.steps {
+            params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
+            write_adapter(&mut sd, &adapter, cfg, &data.dirs, done, &paths.snapshot(done))?;
         }
         if cfg.sample_every > 0 && done % cfg.sample_every == 0 {
             params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
@@ -411,26 +427,33 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     log.flush()?;
 
     params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
-    let mut metadata = BTreeMap::new();
-    let triggers: Vec<&str> = cfg.concepts.iter().map(|c| c.trigger.as_str()).collect();
-    metadata.insert("catlora_method".into(), cfg.method.name().into());
-    metadata.insert("catlora_trigger".into(), triggers.join(","));
-    metadata.insert("catlora_cat_weight".into(), format!("{lambda}"));
-    metadata.insert("catlora_config".into(), serde_json::to_string(&config_json)?);
-    metadata.insert("ss_steps".into(), cfg.steps.to_string());
-    metadata.insert("ss_learning_rate".into(), format!("{}", cfg.lr));
-    metadata.insert("ss_resolution".into(), format!("({}, {})", cfg.resolution, cfg.resolution));
-    metadata.insert("ss_seed".into(), cfg.seed.to_string());
-    let file = to_file(&mut sd.targets(), &adapter, cfg.alpha, metadata);
+    write_adapter(&mut sd, &adapter, cfg, &data.dirs, cfg.steps, &paths.adapter)?;
+    Ok(Outcome { paths, steps: cfg.steps, last })
+}
+
+/// Writes the adapter installed in `sd` after `step` steps to `path`, in the run's format and
+/// precision, with the run's metadata and kohya's hashes.
+fn write_adapter(
+    sd: &mut StableDiffusion,
+    adapter: &Adapter,
+    cfg: &TrainConfig,
+    dirs: &[DatasetDir],
+    step: usize,
+    path: &Path,
+) -> Result<()> {
+    let base = BaseModel::new(sd.unet.config.cross_attention_dim, sd.scheduler.prediction_type == PredictionType::VPrediction, &cfg.model);
+    let mut file = to_file(&mut sd.targets(), adapter, cfg.alpha, adapter_metadata(cfg, &base, dirs, step)?);
     let format = match cfg.format {
         FileFormat::Kohya => Format::Kohya,
         FileFormat::Diffusers => Format::Peft,
     };
-    lora_file::write(&paths.adapter, &file, format)?;
-    Ok(Outcome { paths, steps: cfg.steps, last })
+    let store = cfg.save_precision.store_as();
+    add_hashes(&mut file, format, store)?;
+    lora_file::write_as(path, &file, format, store)
 }
 
-/// Fixed-seed samples for each prompt, with and without the trigger.
+/// Fixed-seed samples for each prompt (kohya's syntax: `--n`, `--s`, `--l`, `--d`, `--w`, `--h`,
+/// `--ss`), with and without the trigger, each PNG with its AUTOMATIC1111 infotext.
 fn write_samples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, step: usize) -> Result<()> {
     let mut prompts = cfg.sample_prompts.clone();
     if prompts.is_empty() {
@@ -438,24 +461,23 @@ fn write_samples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, step
             prompts.push(format!("{}, {}", c.trigger, c.class.as_deref().unwrap_or("a photo")));
         }
     }
-    for (k, prompt) in prompts.iter().enumerate() {
-        let trigger = cfg.concepts.iter().find(|c| prompt.contains(c.trigger.as_str())).map(|c| c.trigger.as_str());
-        let mut variants = vec![("trigger", prompt.clone())];
+    let defaults =
+        GenerateParams { steps: cfg.sample_steps, width: cfg.resolution, height: cfg.resolution, seed: cfg.seed, ..Default::default() };
+    let model = folder_name(&cfg.model);
+    let adapter = [(cfg.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), 1.0)];
+    for (k, line) in prompts.iter().enumerate() {
+        let p = sample_prompt::parse(line, &defaults)?;
+        sd.check_size(p.width, p.height).with_context(|| format!("sample prompt `{line}`"))?;
+        let trigger = cfg.concepts.iter().find(|c| p.prompt.contains(c.trigger.as_str())).map(|c| c.trigger.as_str());
+        let mut variants = vec![("trigger", p.prompt.clone())];
         if let Some(t) = trigger {
-            variants.push(("plain", super::trigger::remove_trigger(prompt, t)));
+            variants.push(("plain", super::trigger::remove_trigger(&p.prompt, t)));
         }
         for (tag, text) in variants {
-            let p = GenerateParams {
-                prompt: text.clone(),
-                steps: cfg.sample_steps,
-                width: cfg.resolution,
-                height: cfg.resolution,
-                seed: cfg.seed,
-                ..Default::default()
-            };
-            let img = generate(sd, &p, seeded_latents(sd, &p, p.seed), |_, _| {})?;
+            let q = GenerateParams { prompt: text, ..p.clone() };
+            let img = generate(sd, &q, seeded_latents(sd, &q, q.seed), |_, _| {})?;
             let file = paths.samples.join(format!("step-{step:06}-{k}-{tag}.png"));
-            save_png(&file, &tensor_to_rgb8(img)[0], p.width as u32, p.height as u32, &[("parameters", &text)])?;
+            save_with_infotext(&file, &tensor_to_rgb8(img)[0], &q, &model, &adapter)?;
         }
     }
     Ok(())

@@ -1,20 +1,26 @@
 //! Helpers shared by the integration tests: fixture paths and tensor comparisons with the
 //! tolerances the fixtures' README gives for float32.
 #![allow(dead_code)]
+pub mod cat_step;
 use burn::tensor::{Device, Tensor, TensorData};
 use catlora::io::safetensors::SafeTensorsFile;
 use std::path::PathBuf;
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(catlora::fixtures::FIXTURES_DIR)
+    catlora::fixtures::fixtures_dir()
 }
 
 pub fn reference() -> SafeTensorsFile {
     SafeTensorsFile::open(&fixtures().join("reference.safetensors")).unwrap()
 }
 
+/// The device the tests run on: `$CATLORA_TEST_DEVICE` (any `--device` name of this build), else
+/// the CPU backend.
 pub fn device() -> Device {
-    Device::flex()
+    match std::env::var("CATLORA_TEST_DEVICE") {
+        Ok(name) => catlora::device::parse(&name).unwrap_or_else(|e| panic!("CATLORA_TEST_DEVICE: {e:#}")),
+        Err(_) => Device::flex(),
+    }
 }
 
 pub fn tensor<const D: usize>(f: &SafeTensorsFile, name: &str, device: &Device) -> Tensor<D> {

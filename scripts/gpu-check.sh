@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The GPU check, for a machine with an NVIDIA GPU that may be lent for a few minutes, has no
+# compiler and no registry access: it runs a bundle built elsewhere (`scripts/gpu-bundle.sh`)
+# against this checkout's fixtures and writes one JSON with every result.
+#
+#   bash scripts/gpu-check.sh BUNDLE OUT [SECONDS]
+#
+# What it needs there, and how it finds it:
+# - PyTorch: the `python3` on PATH must import torch with CUDA (the version the bundle was built
+#   against); its lib/ goes on LD_LIBRARY_PATH for `--device libtorch-cuda`. diffusers, if that
+#   Python lacks it, comes from BUNDLE/whl (installed into a scratch folder, never into the system).
+# - Vulkan: the loader `libvulkan.so.1` and GLVND (which the NVIDIA driver's Vulkan library,
+#   libGLX_nvidia, needs) from the system (`ldconfig -p`), else unpacked from BUNDLE/gl; the
+#   driver's ICD file from the folders a GPU container mounts it in (/usr/local/nvidia/share/vulkan/icd.d
+#   first, then /usr/share/vulkan/icd.d and /etc/vulkan/icd.d), passed as VK_DRIVER_FILES.
+# - Float32 everywhere: NVIDIA_TF32_OVERRIDE=0 (catlora's default too), so that PyTorch's side of
+#   the benchmark computes in the same precision as catlora's.
+# Steps, in order of value, each bounded so that the whole run ends within SECONDS (default 480):
+# the conformance tests on libtorch-cuda and on Vulkan, the CLI (generate, CAT training) on
+# both, the SD 1.5 benchmark at 512 px on libtorch-cuda next to PyTorch + diffusers on the same
+# card (UNet passes, LoRA and CAT steps), then the same benchmark on Vulkan. Writes OUT/gpu-check.json (everything) and
+# OUT/logs.tar.gz (each step's whole log).
+set -uo pipefail
+bundle="$(cd "${1:?usage: gpu-check.sh BUNDLE OUT [SECONDS]}" && pwd)"
+dest="$(mkdir -p "${2:?usage: gpu-check.sh BUNDLE OUT [SECONDS]}" && cd "$2" && pwd)"
+# Logs gather in OUT/logs and end as OUT/logs.tar.gz beside OUT/gpu-check.json.
+out="$dest/logs"
+mkdir -p "$out"
+budget="${3:-480}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+start=$(date +%s)
+bin="$(mktemp -d)"
+steps="$out/steps.tsv"
+: >"$steps"
+
+# Runs one named step with at most `limit` seconds (less if the budget is nearly spent); its
+# output goes to OUT/<name>.log and its exit code and time to steps.tsv.
+step() {
+    local name="$1" limit="$2"
+    shift 2
+    local left=$((budget - ($(date +%s) - start)))
+    [ "$left" -lt "$limit" ] && limit="$left"
+    if [ "$limit" -le 5 ]; then
+        printf '%s\tskipped\t0\n' "$name" >>"$steps"
+        echo "== $name: skipped (budget spent)"
+        return
+    fi
+    echo "== $name (at most ${limit}s)"
+    local t0=$(date +%s.%N)
+    timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    local t1=$(date +%s.%N)
+    printf '%s\t%s\t%.1f\n' "$name" "$rc" "$(awk "BEGIN{print $t1 - $t0}")" >>"$steps"
+    tail -n 40 "$out/$name.log"
+    echo "== $name: exit $rc"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+for f in catlora devices; do xz -dc "$bundle/$f.xz" >"$bin/$f" && chmod +x "$bin/$f"; done
+
+# PyTorch's lib/ for the libtorch device.
+torch_lib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' | tee "$out/torch.txt"
+if ! python3 -c 'import diffusers' 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/catlora-site "$bundle"/whl/*.whl
+    export PYTHONPATH="/tmp/catlora-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+# The Vulkan loader and the NVIDIA ICD.
+if ! ldconfig -p | grep -q 'libGLdispatch.so.0 ' || ! ldconfig -p | grep -q 'libvulkan.so.1 '; then
+    for f in "$bundle"/gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+for d in /usr/local/nvidia/share/vulkan/icd.d /usr/share/vulkan/icd.d /etc/vulkan/icd.d; do
+    [ -f "$d/nvidia_icd.json" ] && export VK_DRIVER_FILES="$d/nvidia_icd.json" && break
+done
+echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-none found}"
+[ -n "${VK_DRIVER_FILES:-}" ] && cat "$VK_DRIVER_FILES"
+ldconfig -p | grep -E 'libvulkan.so.1 |libGLX_nvidia|libGLdispatch|libnvidia-gpucomp' | sed 's/^/  /'
+export NVIDIA_TF32_OVERRIDE=0
+
+# GPU memory per process, sampled every 100 ms during the whole run (peak per pid afterwards).
+nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader,nounits -lms 100 >"$out/gpu-mem.csv" 2>/dev/null &
+smi=$!
+
+export CATLORA_FIXTURES="$root/tests/fixtures"
+fx="$root/tests/fixtures"
+data="$(mktemp -d)"
+cp "$fx"/ddim_image.png "$fx"/ddim_lora_image.png "$data/"
+py="$(command -v python3)"
+work="$(mktemp -d)"
+# The CLI steps as commands (timeout runs commands, not shell functions); $1 is the device.
+printf '#!/usr/bin/env bash\nexec "%s" generate --model "%s" --prompt "a photo of a teapot" --steps 10 --seed 1 --out "%s/gen-$1" --device "$1"\n' \
+    "$bin/catlora" "$fx/tiny-sd" "$work" >"$bin/gen"
+printf '#!/usr/bin/env bash\nexec "%s" train --model "%s" --data "%s" --trigger sks --class teapot --method cat --steps 3 --resolution 64 --out "%s/cat-$1.safetensors" --device "$1"\n' \
+    "$bin/catlora" "$fx/tiny-sd" "$data" "$work" >"$bin/train"
+chmod +x "$bin/gen" "$bin/train"
+
+step tests-libtorch-cuda 90 env CATLORA_TEST_DEVICES=libtorch-cuda "$bin/devices" --test-threads 1 --nocapture
+step tests-vulkan 100 env CATLORA_TEST_DEVICES=vulkan "$bin/devices" --test-threads 1 --nocapture
+step generate-libtorch-cuda 30 "$bin/gen" libtorch-cuda
+step generate-vulkan 40 "$bin/gen" vulkan
+step train-libtorch-cuda 30 "$bin/train" libtorch-cuda
+step bench-unet-libtorch-cuda 100 "$bin/catlora" bench --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
+step bench-train-libtorch-cuda 160 "$bin/catlora" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
+step train-vulkan 40 "$bin/train" vulkan
+step bench-unet-vulkan 90 "$bin/catlora" bench --sd15 --pixels 512 --iters 5 --device vulkan
+step bench-train-vulkan 90 "$bin/catlora" bench --train --sd15 --pixels 512 --iters 3 --device vulkan
+kill "$smi" 2>/dev/null
+cmp -s "$work/gen-libtorch-cuda/1-0.png" "$work/gen-vulkan/1-0.png" && echo "generate: the two devices wrote the same bytes"
+
+# One JSON: the card, the steps (exit code, seconds, log tail) and the peak GPU memory per process.
+python3 - "$out" "$dest" <<'EOF'
+import csv, json, os, sys
+out = sys.argv[1]
+steps = []
+for line in open(os.path.join(out, "steps.tsv")):
+    name, rc, secs = line.rstrip("\n").split("\t")
+    log = os.path.join(out, name + ".log")
+    text = open(log, errors="replace").read() if os.path.exists(log) else ""
+    steps.append({"step": name, "exit": rc, "seconds": float(secs), "log_tail": text[-6000:]})
+peaks = {}
+for row in csv.reader(open(os.path.join(out, "gpu-mem.csv"))):
+    if len(row) == 3 and row[2].strip().isdigit():
+        pid, name, mb = row[0].strip(), row[1].strip(), int(row[2])
+        first = peaks.setdefault(pid, {"pid": pid, "process": name, "peak_mib": 0, "order": len(peaks)})
+        first["peak_mib"] = max(first["peak_mib"], mb)
+json.dump({
+    "gpu": open(os.path.join(out, "gpu.txt")).read().strip(),
+    "torch": open(os.path.join(out, "torch.txt")).read().strip(),
+    "steps": steps,
+    "gpu_memory_per_process": sorted(peaks.values(), key=lambda p: p["order"]),
+}, open(os.path.join(sys.argv[2], "gpu-check.json"), "w"), indent=1)
+print("wrote", os.path.join(sys.argv[2], "gpu-check.json"))
+EOF
+tar -czf "$dest/logs.tar.gz" -C "$dest" logs && rm -rf "$out"

@@ -1,0 +1,92 @@
+//! One CAT step from a fixture against peft's loss terms and gradients, on any device.
+use super::*;
+use catlora::adapters::lora::{Targets, attach_file};
+use catlora::adapters::lora_file::{self, LoraFile};
+use catlora::models::clip_text::ClipTextModel;
+use catlora::models::config::{ClipTextConfig, UNetConfig};
+use catlora::models::unet::UNet;
+use catlora::models::weights::{Weights, transpose};
+use catlora::training::objective::{StepInputs, cat_gradients};
+use catlora::training::params::{AdapterParams, Params, host};
+
+pub const FORMATS: [&str; 2] = ["lora-kohya/lora.safetensors", "lora-diffusers/pytorch_lora_weights.safetensors"];
+
+pub fn read_lora(unet: &mut UNet, rel: &str) -> LoraFile {
+    let known = Targets { unet, text_encoder: None }.known_modules();
+    lora_file::read(&fixtures().join(rel), &known).unwrap()
+}
+
+/// One CAT step from a fixture: the LoRA `lora` (PEFT file) on the UNet of `model`, the reference
+/// tensors `cat_*` of `refs` (the target is ε, or the velocity for a v-prediction model) and the
+/// gradient of every LoRA tensor in `grads`.
+pub fn check_cat_step(dev: &Device, model: &str, refs: &str, lora: &str, grads_file: &str, target: &str) {
+    let r = catlora::io::safetensors::SafeTensorsFile::open(&fixtures().join(refs)).unwrap();
+    let load_unet = || {
+        let dir = fixtures().join(model).join("unet");
+        let cfg = UNetConfig::load(&dir.join("config.json")).unwrap();
+        UNet::load(&Weights::open_dir(&dir, "diffusion_pytorch_model", dev).unwrap(), &cfg).unwrap()
+    };
+    let te = {
+        let dir = fixtures().join(model).join("text_encoder");
+        let cfg = ClipTextConfig::load(&dir.join("config.json")).unwrap();
+        ClipTextModel::load(&Weights::open_dir(&dir, "model", dev).unwrap(), &cfg, None).unwrap()
+    };
+    let mut unet = load_unet();
+    let file = read_lora(&mut unet, lora);
+    let mut targets = Targets { unet: &mut unet, text_encoder: None };
+    let adapter = attach_file(&mut targets, &file, 1.0, "fixture").unwrap();
+    let params = Params::collect(&mut AdapterParams { targets: &mut targets, adapter: &adapter });
+    let leaves = params.install(&mut AdapterParams { targets: &mut targets, adapter: &adapter }, true);
+
+    let (_, plain) = r.i64("cat_plain_ids").unwrap();
+    let plain: Vec<u32> = plain.iter().map(|&i| i as u32).collect();
+    let cond_plain = te.forward(&[plain], 1);
+    let hidden = tensor::<3>(&r, "text_hidden", dev);
+    let (_, t) = r.i64("cat_t").unwrap();
+    // catlora's own forward process gives the reference z_t and target from x0 and ε.
+    let sched = catlora::schedulers::load(&fixtures().join(model).join("scheduler/scheduler_config.json")).unwrap();
+    let noise = catlora::schedulers::NoiseSchedule::new(&sched);
+    let (x0, eps) = (tensor::<4>(&r, "cat_x0", dev), tensor::<4>(&r, "cat_eps", dev));
+    let ts = [t[0] as usize];
+    assert_close(&format!("{model} z_t"), &values(noise.add_noise(x0.clone(), eps.clone(), &ts)), &r.f32("cat_zt").unwrap().1, 1e-6);
+    let own_target = match sched.prediction_type {
+        catlora::schedulers::PredictionType::VPrediction => noise.velocity(x0, eps, &ts),
+        _ => eps,
+    };
+    assert_close(&format!("{model} target"), &values(own_target), &r.f32(target).unwrap().1, 1e-6);
+    let cond_trigger = hidden.narrow(0, 0, 1);
+    let (ct, cp) = (|| cond_trigger.clone(), || cond_plain.clone());
+    let inputs = StepInputs {
+        zt: tensor(&r, "cat_zt", dev),
+        timesteps: vec![t[0] as f64],
+        target: tensor(&r, target, dev),
+        cond_trigger: &ct,
+        cond_plain: Some(&cp),
+        sample_weights: None,
+        prior: None,
+    };
+    let lambda = r.f32("cat_lambda").unwrap().1[0] as f64;
+    let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs, lambda).unwrap();
+    for (name, got) in [("cat_loss_diffusion", terms.diffusion), ("cat_loss_cat", terms.cat), ("cat_loss_total", terms.total)] {
+        let want = r.f32(name).unwrap().1[0] as f64;
+        assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} {name}: {got} vs {want}");
+    }
+
+    let g = catlora::io::safetensors::SafeTensorsFile::open(&fixtures().join(grads_file)).unwrap();
+    assert_eq!(g.names().count(), grads.len(), "one reference gradient per adapter tensor");
+    let mut worst = 0f32;
+    for ((name, got), shape) in params.names.iter().zip(&grads).zip(&params.shapes) {
+        let got = host(got);
+        let module = name.strip_prefix("unet.").unwrap();
+        let (key, got) = if let Some(m) = module.strip_suffix(".down") {
+            (format!("grad.{m}.lora_A.weight"), transpose(&got, shape[0], shape[1]))
+        } else {
+            (format!("grad.{}.lora_B.weight", module.strip_suffix(".up").unwrap()), transpose(&got, shape[0], shape[1]))
+        };
+        let (_, want) = g.f32(&key).unwrap();
+        let e = rel_max_err(&got, &want);
+        assert!(e <= 1e-3, "{model} {key}: relative max error {e:e}");
+        worst = worst.max(e);
+    }
+    eprintln!("{model} on {dev:?}: {} gradients, worst relative error {worst:e}", grads.len());
+}
