@@ -3,7 +3,7 @@ use anyhow::{Result, bail};
 use burn::tensor::Device;
 
 /// The names `--device` accepts, for messages.
-pub const DEVICE_NAMES: &str = "`cpu`, `vulkan[:N]` (build feature `vulkan`), `libtorch` or `libtorch-cuda[:N]` (build feature `libtorch`)";
+pub const DEVICE_NAMES: &str = "`cpu`, `vulkan[:N]` (build feature `vulkan`), `wgpu[:N]` (build feature `wgpu`), `libtorch` or `libtorch-cuda[:N]` (build feature `libtorch`)";
 
 /// Parses `cpu` / `flex` (the default build's CPU backend), `vulkan[:N]` (with the `vulkan`
 /// cargo feature), `libtorch` (PyTorch's CPU kernels) or `libtorch-cuda[:N]` (with the
@@ -12,6 +12,7 @@ pub fn parse(name: &str) -> Result<Device> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),
         v if v == "vulkan" || v.starts_with("vulkan:") => vulkan(v),
+        v if v == "wgpu" || v.starts_with("wgpu:") => wgpu(v),
         v if v == "libtorch" || v == "libtorch-cuda" || v.starts_with("libtorch-cuda:") => libtorch(v),
         other => bail!("unknown device `{other}`: use {DEVICE_NAMES}"),
     }
@@ -27,14 +28,33 @@ fn index(spec: &str, prefix: &str) -> Result<Option<usize>> {
 
 #[cfg(feature = "vulkan")]
 fn vulkan(spec: &str) -> Result<Device> {
+    probed(spec, Device::vulkan(gpu_kind(spec, "vulkan")?))
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu(spec: &str) -> Result<Device> {
+    probed(spec, Device::wgpu(gpu_kind(spec, "wgpu")?))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu(spec: &str) -> Result<Device> {
+    index(spec, "wgpu")?;
+    bail!("device `{spec}` needs a build with `--features wgpu`")
+}
+
+#[cfg(any(feature = "vulkan", feature = "wgpu"))]
+fn gpu_kind(spec: &str, prefix: &str) -> Result<burn::tensor::DeviceKind> {
     use burn::tensor::DeviceKind;
-    let kind = match index(spec, "vulkan")? {
+    Ok(match index(spec, prefix)? {
         None => DeviceKind::DefaultDevice,
         Some(n) => DeviceKind::DiscreteGpu(n),
-    };
-    let device = Device::vulkan(kind);
-    // wgpu panics (on its own thread, then ours) when no adapter answers: probe with one tiny
-    // operation, quietly, so that a machine without Vulkan gets an error instead.
+    })
+}
+
+/// `device` once one tiny operation ran on it. wgpu panics (on its own thread, then ours) when
+/// no adapter answers: the probe runs quietly, so that a machine without one gets an error.
+#[cfg(any(feature = "vulkan", feature = "wgpu"))]
+fn probed(spec: &str, device: Device) -> Result<Device> {
     let probe = device.clone();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -42,9 +62,9 @@ fn vulkan(spec: &str) -> Result<Device> {
     std::panic::set_hook(hook);
     match answer {
         Ok(v) if v == 4.0 => Ok(device),
-        Ok(v) => bail!("device `{spec}`: the Vulkan adapter computed 1+1+1+1 = {v}"),
+        Ok(v) => bail!("device `{spec}`: the adapter computed 1+1+1+1 = {v}"),
         Err(_) => bail!(
-            "device `{spec}`: no Vulkan adapter answered (install the Vulkan loader, Debian's libvulkan1, and the GPU's Vulkan driver; see the README's Devices section)"
+            "device `{spec}`: no GPU adapter answered (install the Vulkan loader, Debian's libvulkan1, and the GPU's Vulkan driver; see the README's Devices section)"
         ),
     }
 }

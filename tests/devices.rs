@@ -1,4 +1,5 @@
-//! The conformance checks on the other devices of a `--features libtorch` and/or `vulkan` build:
+//! The conformance checks on the other devices of a `--features libtorch`, `vulkan` and/or `wgpu`
+//! build (the README's test command runs them on `wgpu` over Mesa's lavapipe):
 //! the fused operations against their compositions, and the text encoder, UNet, VAE, a 10-step
 //! pipeline image and one CAT step (both loss terms and every LoRA gradient) against the
 //! fixtures, with the CPU backend's tolerances (on CUDA with `NVIDIA_TF32_OVERRIDE=0`, as the CLI
@@ -8,7 +9,7 @@
 //! `LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH=<torch>/lib cargo test --release --features libtorch --test devices`
 //! (`scripts/build-libtorch.sh` sets up the same environment for the build); `scripts/gpu-check.sh`
 //! runs the same binary on a GPU machine.
-#![cfg(any(feature = "libtorch", feature = "vulkan"))]
+#![cfg(any(feature = "libtorch", feature = "vulkan", feature = "wgpu"))]
 mod common;
 use burn::tensor::{Device, Distribution, Tensor};
 use catlora::kernels;
@@ -21,10 +22,16 @@ use common::cat_step::{FORMATS, check_cat_step};
 use common::*;
 
 /// The devices of this build that this machine has; `$CATLORA_TEST_DEVICES` (comma-separated
-/// names) picks some of them.
+/// names) picks some of them, and every one it names must be there (the README's test command
+/// names `wgpu`, so a missing Vulkan driver fails instead of skipping).
 fn devices() -> Vec<(&'static str, Device)> {
-    let wanted = std::env::var("CATLORA_TEST_DEVICES").ok();
-    let wanted = |name: &str| wanted.as_deref().is_none_or(|w| w.split(',').any(|n| n.trim() == name));
+    let named = std::env::var("CATLORA_TEST_DEVICES").ok();
+    let required = |name: &str| named.as_deref().is_some_and(|w| w.split(',').any(|n| n.trim() == name));
+    let wanted = |name: &str| named.is_none() || required(name);
+    let skip = |name: &str, e: anyhow::Error| {
+        assert!(!required(name), "CATLORA_TEST_DEVICES names {name}, which this machine lacks: {e:#}");
+        eprintln!("skipping {name}: {e:#}");
+    };
     let mut d = Vec::new();
     if cfg!(feature = "libtorch") && wanted("libtorch") {
         d.push(("libtorch", catlora::device::parse("libtorch").unwrap()));
@@ -32,16 +39,22 @@ fn devices() -> Vec<(&'static str, Device)> {
     if cfg!(feature = "libtorch") && wanted("libtorch-cuda") {
         match catlora::device::parse("libtorch-cuda") {
             Ok(cuda) => d.push(("libtorch-cuda", cuda)),
-            Err(e) => eprintln!("skipping CUDA: {e:#}"),
+            Err(e) => skip("libtorch-cuda", e),
         }
     }
-    if cfg!(feature = "vulkan") && wanted("vulkan") {
-        match catlora::device::parse("vulkan") {
-            Ok(dev) => d.push(("vulkan", dev)),
-            Err(e) => eprintln!("skipping Vulkan: {e:#}"),
+    for (name, built) in [("vulkan", cfg!(feature = "vulkan")), ("wgpu", cfg!(feature = "wgpu"))] {
+        if built && wanted(name) {
+            match catlora::device::parse(name) {
+                Ok(dev) => d.push((name, dev)),
+                Err(e) => skip(name, e),
+            }
         }
     }
     d
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    values(t.without_autodiff())
 }
 
 #[test]

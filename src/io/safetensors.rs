@@ -115,7 +115,10 @@ impl SafeTensorsFile {
     /// every image black).
     pub fn f32_finite(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (shape, values) = self.f32(name)?;
-        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        // A branch-free pass first (it vectorises: a third of the read's time instead of twice
+        // it, `examples/finite_check_timing.rs`), the position only when something is wrong.
+        let all_finite = values.iter().fold(true, |ok, v| ok & v.is_finite());
+        if !all_finite && let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             bail!("{}: tensor `{name}` holds a non-finite value ({v} at flat index {i})", self.path.display());
         }
         Ok((shape, values))

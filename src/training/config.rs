@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Contrastive Adapter Training: the diffusion loss plus λ times the knowledge-preservation term.
@@ -13,18 +13,6 @@ pub enum Method {
     Lora,
     /// DreamBooth prior preservation: the diffusion loss on class images, weighted.
     Dreambooth,
-}
-
-impl std::str::FromStr for Method {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "cat" => Method::Cat,
-            "lora" => Method::Lora,
-            "dreambooth" => Method::Dreambooth,
-            other => bail!("unknown method `{other}`: use cat, lora or dreambooth"),
-        })
-    }
 }
 
 impl Method {
@@ -37,7 +25,7 @@ impl Method {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Constant,
@@ -45,55 +33,25 @@ pub enum Schedule {
     Cosine,
 }
 
-impl std::str::FromStr for Schedule {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "constant" => Schedule::Constant,
-            "linear" => Schedule::Linear,
-            "cosine" => Schedule::Cosine,
-            other => bail!("unknown learning-rate schedule `{other}`: use constant, linear or cosine"),
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FileFormat {
     Kohya,
+    #[serde(alias = "peft")]
+    #[value(alias = "peft")]
     Diffusers,
 }
 
-impl std::str::FromStr for FileFormat {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "kohya" => FileFormat::Kohya,
-            "diffusers" | "peft" => FileFormat::Diffusers,
-            other => bail!("unknown LoRA format `{other}`: use kohya or diffusers"),
-        })
-    }
-}
-
 /// The element type of the written LoRA file (the training itself is float32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SavePrecision {
+    #[value(alias = "float16")]
     Fp16,
+    #[value(alias = "bfloat16")]
     Bf16,
+    #[value(alias = "float32", alias = "float")]
     Fp32,
-}
-
-impl std::str::FromStr for SavePrecision {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "fp16" | "float16" => SavePrecision::Fp16,
-            "bf16" | "bfloat16" => SavePrecision::Bf16,
-            "fp32" | "float" | "float32" => SavePrecision::Fp32,
-            other => bail!("unknown save precision `{other}`: use fp16, bf16 or fp32"),
-        })
-    }
 }
 
 impl SavePrecision {
