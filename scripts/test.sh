@@ -22,7 +22,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cat
 # The house style: formatted, and clippy-clean with warnings as errors.
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
-# The GPU backend (burn's wgpu, WGSL, on lavapipe): the text encoder, UNet, VAE, a 10-step image and
-# one CAT step's losses and gradients against the fixtures, with the CPU backend's tolerances.
-CATLORA_TEST_DEVICES=wgpu cargo test --locked --features wgpu --test devices
+# One build runs every test: the default code plus burn's wgpu backend, whose conformance tests
+# (tests/devices.rs: the text encoder, UNet, VAE, a 10-step image and one CAT step's losses and
+# gradients against the fixtures, with the CPU backend's tolerances) run on lavapipe and must find
+# it. (A second build without the feature would cost a cold CI run about 17 more minutes.)
+CATLORA_TEST_DEVICES=wgpu cargo test --locked --all-targets --features wgpu

@@ -342,7 +342,10 @@ fn kohya_folder_layout_caption_extension_and_adapter_metadata() {
     let prompts = dir.join("prompts.txt");
     std::fs::write(&prompts, "# kohya's sample syntax\nsks square --n blurry --s 2 --d 5 --l 6 --ss euler_a\n").unwrap();
     let pf = prompts.display().to_string();
+    fails(&[&base[..], &["--caption-dropout", "2"]].concat(), &["--caption-dropout 2"]);
+    // Shuffled captions are encoded per step (the path text-encoder training takes).
     run.extend(["--caption-extension", ".caption", "--save-precision", "bf16", "--sample-every", "2", "--sample-prompts", &pf]);
+    run.extend(["--shuffle-caption", "--keep-tokens", "1"]);
     ok(&run);
     // 3x3 convolutions are named as such, not as layers that do not exist.
     fails(&[&run[..], &["--targets", "attn,conv1"]].concat(), &["conv1", "3x3 convolutions"]);

@@ -109,6 +109,17 @@ pub struct TrainArgs {
     /// Mirror training images left to right at random (`--flip=false` to turn off).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub flip: Option<bool>,
+    /// Probability of training a step's image with an empty caption (kohya's caption dropout)
+    /// [default: 0].
+    #[arg(long, value_name = "P")]
+    pub caption_dropout: Option<f64>,
+    /// Shuffle each caption's comma-separated tags every step, the trigger's tag kept first
+    /// (`--shuffle-caption=false` to turn off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub shuffle_caption: Option<bool>,
+    /// Tags at the front of a caption that --shuffle-caption leaves in place [default: 0].
+    #[arg(long, value_name = "N")]
+    pub keep_tokens: Option<usize>,
     /// Min-SNR-γ loss weighting; 0 turns it off, 5 is usual [default: 0].
     #[arg(long, value_name = "F")]
     pub min_snr_gamma: Option<f64>,
@@ -265,6 +276,9 @@ pub fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
     set(&mut c.resolution, &a.resolution);
     set(&mut c.random_crop, &a.random_crop);
     set(&mut c.flip, &a.flip);
+    set(&mut c.caption_dropout, &a.caption_dropout);
+    set(&mut c.shuffle_caption, &a.shuffle_caption);
+    set(&mut c.keep_tokens, &a.keep_tokens);
     set(&mut c.min_snr_gamma, &a.min_snr_gamma);
     set(&mut c.noise_offset, &a.noise_offset);
     set(&mut c.seed, &a.seed);

@@ -131,6 +131,12 @@ pub struct TrainConfig {
     pub resolution: usize,
     pub random_crop: bool,
     pub flip: bool,
+    /// Probability that a step trains an image with an empty caption (kohya's caption dropout).
+    pub caption_dropout: f64,
+    /// Shuffle each caption's comma-separated tags every step, the trigger's tag kept first.
+    pub shuffle_caption: bool,
+    /// Tags at the front of a caption that shuffling leaves in place (kohya's `keep_tokens`).
+    pub keep_tokens: usize,
     /// Min-SNR-γ weighting of the diffusion loss (0 = off; 5 is the usual value).
     pub min_snr_gamma: f64,
     pub noise_offset: f64,
@@ -235,6 +241,9 @@ impl Default for TrainConfig {
             resolution: 512,
             random_crop: false,
             flip: false,
+            caption_dropout: 0.0,
+            shuffle_caption: false,
+            keep_tokens: 0,
             min_snr_gamma: 0.0,
             noise_offset: 0.0,
             seed: 0,
@@ -305,6 +314,9 @@ impl TrainConfig {
                 bail!("--{name} {v} must be {what}");
             }
         }
+        if !(self.caption_dropout.is_finite() && (0.0..=1.0).contains(&self.caption_dropout)) {
+            bail!("--caption-dropout {} must be a probability in [0, 1]", self.caption_dropout);
+        }
         if !(self.noise_offset.is_finite() && (0.0..=1.0).contains(&self.noise_offset)) {
             bail!("--noise-offset {} must be in [0, 1]", self.noise_offset);
         }
@@ -330,6 +342,12 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether captions change from step to step (dropout or shuffling): their encodings are
+    /// then computed each step instead of once.
+    pub fn augments_captions(&self) -> bool {
+        self.caption_dropout > 0.0 || self.shuffle_caption
     }
 
     /// λ as the method defines it.

@@ -16,6 +16,8 @@ pub struct Example {
     pub path: PathBuf,
     pub caption: String,
     pub plain_caption: String,
+    /// The trigger of the image's concept.
+    pub trigger: String,
     pub image: RgbImage,
 }
 
@@ -61,7 +63,7 @@ pub fn read_concept(c: &Concept, resolution: usize, random_crop: bool, caption_e
         } else {
             resize_and_crop(&image, resolution as u32, Crop::Center).with_context(|| path.display().to_string())?
         };
-        out.push(Example { path, caption, plain_caption, image });
+        out.push(Example { path, caption, plain_caption, trigger: c.trigger.clone(), image });
     }
     Ok(out)
 }

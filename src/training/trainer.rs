@@ -10,6 +10,7 @@ use super::objective::{Cond, LossTerms, PriorTerm, StepInputs, cat_gradients};
 use super::params::{AdapterParams, Params, add_scaled, clip_to_norm, global_norm, to_device};
 use super::sample_prompt;
 use super::schedule::learning_rate;
+use super::trigger::augment;
 use crate::adapters::lora::{Adapter, LoraConfig, attach_new, to_file};
 use crate::adapters::lora_file::{self, Format};
 use crate::io::image::{Crop, flip_horizontal, load_rgb, resize_and_crop, tensor_to_rgb8};
@@ -267,8 +268,10 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
     progress.message(&format!("loading {}", cfg.model.display()));
     let mut sd = StableDiffusion::load(&cfg.model, &device)?;
     let train_te = !cfg.text_encoder_targets.is_empty();
+    // Text encodings are cached once unless the text encoder trains or the captions change.
+    let text_each_step = train_te || cfg.augments_captions();
     progress.message("preparing the data (latents and text encodings are cached)");
-    let data = Dataset::prepare(&sd, cfg, !train_te)?;
+    let data = Dataset::prepare(&sd, cfg, !text_each_step)?;
     let class = if cfg.method == Method::Dreambooth { class_examples(&sd, cfg, &paths, progress)? } else { Vec::new() };
     let noise = NoiseSchedule::new(&sd.scheduler);
     let prediction = sd.scheduler.prediction_type;
@@ -364,13 +367,24 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
             };
 
             let leaves = params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, true);
-            let captions: Vec<&str> = idx.iter().map(|&i| data.examples[i].caption.as_str()).collect();
-            let plains: Vec<&str> = idx.iter().map(|&i| data.examples[i].plain_caption.as_str()).collect();
+            let (caption_texts, plain_texts): (Vec<String>, Vec<String>) = idx
+                .iter()
+                .map(|&i| {
+                    let e = &data.examples[i];
+                    if cfg.augments_captions() {
+                        augment(&e.caption, &e.trigger, cfg.caption_dropout, cfg.shuffle_caption, cfg.keep_tokens, &mut rng)
+                    } else {
+                        (e.caption.clone(), e.plain_caption.clone())
+                    }
+                })
+                .unzip();
+            let captions: Vec<&str> = caption_texts.iter().map(String::as_str).collect();
+            let plains: Vec<&str> = plain_texts.iter().map(String::as_str).collect();
             let cached = |plain: bool| -> Tensor<3> {
                 Tensor::cat(idx.iter().map(|&i| if plain { data.cond[i].1.clone() } else { data.cond[i].0.clone() }).collect(), 0)
             };
-            let encode_trigger = || if train_te { sd.encode_prompts(&captions, 1) } else { cached(false) };
-            let encode_plain = || if train_te { sd.encode_prompts(&plains, 1) } else { cached(true) };
+            let encode_trigger = || if text_each_step { sd.encode_prompts(&captions, 1) } else { cached(false) };
+            let encode_plain = || if text_each_step { sd.encode_prompts(&plains, 1) } else { cached(true) };
             let prior_cond = prior_data.as_ref().map(|p| p.3.clone());
             let encode_prior = || prior_cond.clone().expect("prior conditioning");
             let inputs = StepInputs {

@@ -1,5 +1,6 @@
 //! Captions with and without the trigger token, following the CAT authors: the trigger-less
 //! caption drops the `"<trigger>, "` prefix, or else the first comma-separated field.
+use crate::rng::Rng;
 use anyhow::{Result, bail};
 
 /// The caption with the trigger removed.
@@ -32,9 +33,59 @@ pub fn training_caption(caption: Option<&str>, trigger: &str, class: Option<&str
     }
 }
 
+/// kohya's caption augmentation, drawn once per image and step: with probability `dropout` the
+/// caption is empty; otherwise, with `shuffle`, its comma-separated tags after the first `keep`
+/// are shuffled. The tag holding the trigger always stays first. Returns the caption and its
+/// trigger-less twin, made from the same draw, so CAT's two passes see the same augmentation.
+pub fn augment(caption: &str, trigger: &str, dropout: f64, shuffle: bool, keep: usize, rng: &mut Rng) -> (String, String) {
+    if dropout > 0.0 && rng.uniform() < dropout {
+        return (String::new(), String::new());
+    }
+    if !shuffle {
+        return (caption.to_string(), remove_trigger(caption, trigger));
+    }
+    let mut tags: Vec<&str> = caption.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    let mut fixed = keep.min(tags.len());
+    if let Some(j) = tags.iter().position(|t| t.split_whitespace().any(|w| w == trigger)) {
+        let tag = tags.remove(j);
+        tags.insert(0, tag);
+        fixed = fixed.max(1).min(tags.len());
+    }
+    for i in (fixed + 1..tags.len()).rev() {
+        let k = fixed + rng.below(i - fixed + 1);
+        tags.swap(i, k);
+    }
+    let caption = tags.join(", ");
+    let plain = remove_trigger(&caption, trigger);
+    (caption, plain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn augmentation_keeps_the_trigger_first_and_both_captions_in_step() {
+        let c = "red, sks teapot, on a table, studio light, wooden";
+        let mut rng = Rng::new(3);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let (a, p) = augment(c, "sks", 0.0, true, 0, &mut rng);
+            assert!(a.starts_with("sks teapot, "), "{a}");
+            assert_eq!(p, a["sks teapot, ".len()..], "the twin is the same draw without the trigger's tag");
+            let mut tags: Vec<&str> = a.split(", ").collect();
+            tags.sort();
+            assert_eq!(tags, ["on a table", "red", "sks teapot", "studio light", "wooden"]);
+            seen.insert(a);
+        }
+        assert!(seen.len() > 5, "the tags are shuffled: {seen:?}");
+        // keep_tokens 3: the trigger's tag, then the first two others stay in place.
+        let (a, _) = augment("sks, red, round, a, b, c", "sks", 0.0, true, 3, &mut Rng::new(1));
+        assert!(a.starts_with("sks, red, round, "), "{a}");
+        // Dropout 1: both captions empty; dropout 0 and no shuffle: unchanged.
+        assert_eq!(augment(c, "sks", 1.0, true, 0, &mut Rng::new(1)), (String::new(), String::new()));
+        assert_eq!(augment(c, "sks", 0.0, false, 0, &mut Rng::new(1)).0, c);
+    }
 
     #[test]
     fn removes_prefix_or_first_field() {
