@@ -343,6 +343,10 @@ fn kohya_folder_layout_caption_extension_and_adapter_metadata() {
     std::fs::write(&prompts, "# kohya's sample syntax\nsks square --n blurry --s 2 --d 5 --l 6 --ss euler_a\n").unwrap();
     let pf = prompts.display().to_string();
     fails(&[&base[..], &["--caption-dropout", "2"]].concat(), &["--caption-dropout 2"]);
+    // A sample size the model cannot make is refused before any training step.
+    let huge = ["--sample-every", "1", "--sample-prompt", "sks --w 100 --h 64"];
+    fails(&[&base[..], &huge].concat(), &["sample prompt `sks --w 100 --h 64`", "100x64"]);
+    assert!(!out.exists(), "nothing written for a refused run");
     // Shuffled captions are encoded per step (the path text-encoder training takes).
     run.extend(["--caption-extension", ".caption", "--save-precision", "bf16", "--sample-every", "2", "--sample-prompts", &pf]);
     run.extend(["--shuffle-caption", "--keep-tokens", "1"]);

@@ -258,6 +258,13 @@ fn preflight(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Option<checkpoi
     let configs = crate::pipeline::model::ModelConfigs::read(&cfg.model)?;
     let passes = if cfg.method == Method::Dreambooth { 2 } else { 1 };
     configs.check_run(cfg.resolution, cfg.resolution, cfg.batch * passes, true, "--resolution and --batch")?;
+    if cfg.sample_every > 0 {
+        // Every sample's size now, not at the step that first samples (guided: two latents).
+        for line in &cfg.sample_prompts {
+            let p = sample_prompt::parse(line, &GenerateParams { width: cfg.resolution, height: cfg.resolution, ..Default::default() })?;
+            configs.check_run(p.width, p.height, 2, false, &format!("sample prompt `{line}`"))?;
+        }
+    }
     Ok(ck)
 }
 
