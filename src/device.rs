@@ -61,7 +61,7 @@ fn probed(spec: &str, device: Device) -> Result<Device> {
     let answer = std::panic::catch_unwind(move || burn::tensor::Tensor::<1>::ones([4], &probe).sum().into_scalar::<f32>());
     std::panic::set_hook(hook);
     match answer {
-        Ok(v) if v == 4.0 => Ok(device),
+        Ok(4.0) => Ok(device),
         Ok(v) => bail!("device `{spec}`: the adapter computed 1+1+1+1 = {v}"),
         Err(_) => bail!(
             "device `{spec}`: no GPU adapter answered (install the Vulkan loader, Debian's libvulkan1, and the GPU's Vulkan driver; see the README's Devices section)"

@@ -1,7 +1,8 @@
 //! `catlora eval`: generate with the base model and each adapter from shared noise, score with
 //! CLIP, write `results.json` and `report.html`.
 use anyhow::{Result, bail};
-use catlora::evaluation::eval::{EvalOptions, evaluate, read_prompts, write_outputs};
+use catlora::evaluation::eval::{EvalOptions, evaluate, write_outputs};
+use catlora::io::read_prompt_file;
 use catlora::io::safetensors::SafeTensorsFile;
 use catlora::schedulers::SamplerKind;
 use clap::Args;
@@ -109,7 +110,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         a.adapters.iter().map(|s| adapter_and_weight(s)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
     let trigger = trigger(a.trigger, &adapters)?;
     let opts = EvalOptions {
-        prompts: read_prompts(&a.prompts)?,
+        prompts: read_prompt_file(&a.prompts)?,
         model: a.model,
         clip: a.clip,
         adapters,

@@ -166,7 +166,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         Some(_) => 1,
         None => a.num_images.unwrap_or(1),
     };
-    let model_name = catlora::evaluation::eval::folder_name(&a.model);
+    let model_name = catlora::io::folder_name(&a.model);
     let loras: Vec<(String, f32)> = a.loras.iter().map(|l| (stem(&l.path), l.weight)).collect();
     let mut progress = super::Progress::new("sampling", (count * a.steps) as u64);
     let mut index = 0usize;

@@ -235,7 +235,7 @@ pub fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
         (c.targets, c.text_encoder_targets) = parse_targets(list)?;
     }
     let mut prompts = match &a.sample_prompts {
-        Some(file) => catlora::training::sample_prompt::read_file(file)?,
+        Some(file) => catlora::io::read_prompt_file(file)?,
         None => Vec::new(),
     };
     prompts.extend(a.sample_prompt.iter().cloned());

@@ -7,13 +7,14 @@ use super::report;
 pub use super::results::{EvalResults, ImageRecord, ModelScores};
 use crate::adapters::lora::{Adapter, attach_file};
 use crate::adapters::lora_file;
+use crate::io::folder_name;
 use crate::io::image::{load_rgb, tensor_to_rgb8};
 use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate, seeded_latents};
 use crate::schedulers::SamplerKind;
 use crate::training::trigger::remove_trigger;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 use std::path::{Path, PathBuf};
 
@@ -61,16 +62,6 @@ impl EvalOptions {
             ..Default::default()
         }
     }
-}
-
-/// Reads a prompts file: one prompt a line; blank lines and `#` comments are skipped.
-pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the prompts file {}", path.display()))?;
-    let prompts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
-    if prompts.is_empty() {
-        bail!("{}: no prompts (one a line)", path.display());
-    }
-    Ok(prompts)
 }
 
 /// The model names used for folders and tables: `base`, then each adapter's file stem
@@ -142,12 +133,6 @@ pub fn generate_seeded(sd: &StableDiffusion, p: &GenerateParams, seeds: &[u64]) 
 pub fn save_generated(path: &Path, rgb: &[u8], p: &GenerateParams, seed: u64, model: &str, lora: Option<(&str, f32)>) -> Result<()> {
     let loras: Vec<(String, f32)> = lora.map(|(name, w)| (name.to_string(), w)).into_iter().collect();
     save_with_infotext(path, rgb, &GenerateParams { seed, ..p.clone() }, model, &loras)
-}
-
-/// A model folder's name, for image metadata.
-pub fn folder_name(path: &Path) -> String {
-    let p = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 pub struct Generated {

@@ -43,15 +43,20 @@ fn check_pairing(images_dir: &Path, images: &[PathBuf], base_dir: &Path, base: &
     Ok(())
 }
 
+/// The one image `path` names, or the images of the folder it names.
+fn image_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() { Ok(vec![path.to_path_buf()]) } else { list_images(path) }
+}
+
 /// Scores `opts.images` (a folder, or one image file): `n_images`, `diversity` (from two images
 /// on; one image gets a `notes` entry instead), and `prompt_similarity`, `identity_similarity`,
 /// `kps` when their inputs are given.
 pub fn score(clip: &ClipModel, opts: &ScoreOptions) -> Result<Value> {
-    let files = if opts.images.is_file() { vec![opts.images.clone()] } else { list_images(&opts.images)? };
+    let files = image_files(&opts.images)?;
     // Pairing is checked before any embedding, so a naming mistake fails fast.
     let base_files = match &opts.base_images {
         Some(dir) => {
-            let base = if dir.is_file() { vec![dir.clone()] } else { list_images(dir)? };
+            let base = image_files(dir)?;
             check_pairing(&opts.images, &files, dir, &base)?;
             Some(base)
         }

@@ -3,6 +3,27 @@ pub mod atomic;
 pub mod image;
 pub mod safetensors;
 
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+
+/// A folder's (or file's) name for metadata and image infotext: the last component of the path
+/// as the file system resolves it (`.` is the working folder's name), never the whole path.
+pub fn folder_name(path: &Path) -> String {
+    let p = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The prompts of a prompt file (eval's `--prompts`, kohya's sample prompt files): one a line,
+/// blank lines and `#` comments skipped; a file with none is an error.
+pub fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the prompt file {}", path.display()))?;
+    let prompts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    if prompts.is_empty() {
+        bail!("{}: no prompts (one a line; `#` starts a comment)", path.display());
+    }
+    Ok(prompts)
+}
+
 /// `text` made safe as one file-name component: letters, digits, `-`, `_` and `.` kept, any
 /// other character `_`, no leading dot, at most 64 characters (a trigger such as `../../x`
 /// becomes `_._.._x`, never a path).

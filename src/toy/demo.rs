@@ -19,7 +19,8 @@
 //! trains. The class prompts are then sampled once more with guidance (`guided_cfg`, CFG 3), as
 //! users sample, and that ground truth is reported beside the claims.
 use super::world;
-use crate::evaluation::eval::{EvalOptions, EvalResults, ModelSet, evaluate, folder_name, generate_seeded, save_generated, write_outputs};
+use crate::evaluation::eval::{EvalOptions, EvalResults, ModelSet, evaluate, generate_seeded, save_generated, write_outputs};
+use crate::io::folder_name;
 use crate::io::image::{RgbImage, load_rgb, save_png};
 use crate::pipeline::txt2img::GenerateParams;
 use crate::schedulers::SamplerKind;

@@ -169,7 +169,7 @@ fn prompts_or_file<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Resul
     }
     match Either::deserialize(d)? {
         Either::List(v) => Ok(v),
-        Either::File(p) => super::sample_prompt::read_file(&p).map_err(|e| serde::de::Error::custom(format!("{e:#}"))),
+        Either::File(p) => crate::io::read_prompt_file(&p).map_err(|e| serde::de::Error::custom(format!("{e:#}"))),
     }
 }
 

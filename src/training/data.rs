@@ -2,8 +2,9 @@
 //! trigger-less), preprocessed once; VAE latent distributions and frozen text encodings are
 //! computed once and cached for the whole run.
 use super::config::{Concept, TrainConfig};
-use super::metadata::{DatasetDir, folder_name};
+use super::metadata::DatasetDir;
 use super::trigger::{remove_trigger, training_caption};
+use crate::io::folder_name;
 use crate::io::image::{Crop, RgbImage, flip_horizontal, list_images, load_rgb, resize_and_crop, rgb_to_tensor};
 use crate::pipeline::model::StableDiffusion;
 use anyhow::{Context, Result, bail};
@@ -117,6 +118,7 @@ impl Dataset {
             }
         }
         let mut captions: Vec<&str> = examples.iter().map(|e| e.caption.as_str()).collect();
+        captions.sort_unstable();
         captions.dedup();
         sd.warn_if_truncated(&captions);
         for e in &examples {

@@ -5,6 +5,7 @@
 //! times or session ids, so the same run writes the same bytes.
 use super::config::{Method, TrainConfig};
 use crate::adapters::lora_file::{self, Format, LoraFile};
+use crate::io::folder_name;
 use crate::io::safetensors::StoreAs;
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -58,11 +59,6 @@ impl DatasetDir {
             *self.tags.entry(tag.to_string()).or_default() += 1;
         }
     }
-}
-
-/// The last component of a path (`./data/` → `data`), never the whole path.
-pub fn folder_name(p: &Path) -> String {
-    p.components().next_back().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// The settings as stored in the file: every path reduced to its last component.

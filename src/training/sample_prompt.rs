@@ -5,7 +5,6 @@
 use crate::pipeline::txt2img::GenerateParams;
 use crate::schedulers::SamplerKind;
 use anyhow::{Context, Result, bail};
-use std::path::Path;
 
 /// One line's generation settings over `defaults`.
 pub fn parse(line: &str, defaults: &GenerateParams) -> Result<GenerateParams> {
@@ -29,16 +28,6 @@ pub fn parse(line: &str, defaults: &GenerateParams) -> Result<GenerateParams> {
         bail!("sample prompt `{line}` has no prompt before its options");
     }
     Ok(p)
-}
-
-/// The prompt lines of a kohya sample prompt file: blank lines and `#` comments skipped.
-pub fn read_file(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read sample prompt file {}", path.display()))?;
-    let lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
-    if lines.is_empty() {
-        bail!("{}: no sample prompts (one per line; `#` starts a comment)", path.display());
-    }
-    Ok(lines)
 }
 
 #[cfg(test)]
