@@ -43,11 +43,19 @@ pub fn check_image_size(w: u32, h: u32) -> Result<()> {
 /// The size of `w × h` with its shorter side scaled to `short`, refused when over
 /// [`MAX_IMAGE_PIXELS`] (a very long, thin image would otherwise resize to gigapixels).
 pub fn resized(w: u32, h: u32, short: u32) -> Result<(u32, u32)> {
-    let s = w.min(h).max(1) as f64;
-    let scale = |side: u32| ((side as f64 * short as f64 / s).round() as u64).max(short as u64);
-    let (nw, nh) = (scale(w), scale(h));
+    covering(w, h, short, short)
+}
+
+/// The size of `w × h` scaled, aspect ratio kept, to cover `tw × th` (each side rounded and
+/// never below the target's), refused when over [`MAX_IMAGE_PIXELS`].
+pub fn covering(w: u32, h: u32, tw: u32, th: u32) -> Result<(u32, u32)> {
+    let (wf, hf) = (w.max(1) as f64, h.max(1) as f64);
+    // The axis that needs the larger scale sets it: the height for an image wider than the target.
+    let (t, s) = if wf * th as f64 >= hf * tw as f64 { (th, hf) } else { (tw, wf) };
+    let scale = |side: u32, min: u32| ((side as f64 * t as f64 / s).round() as u64).max(min as u64);
+    let (nw, nh) = (scale(w, tw), scale(h, th));
     if nw.saturating_mul(nh) > MAX_IMAGE_PIXELS || nw > u32::MAX as u64 || nh > u32::MAX as u64 {
-        bail!("a {w}x{h} image resized to a shorter side of {short} would be {nw}x{nh} pixels, over the limit of {MAX_IMAGE_PIXELS}");
+        bail!("a {w}x{h} image resized to cover {tw}x{th} would be {nw}x{nh} pixels, over the limit of {MAX_IMAGE_PIXELS}");
     }
     Ok((nw as u32, nh as u32))
 }

@@ -372,3 +372,123 @@ fn kohya_folder_layout_caption_extension_and_adapter_metadata() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn aspect_ratio_buckets_batch_within_one_size() {
+    let dir = scratch("buckets");
+    let data = dir.join("images");
+    std::fs::create_dir_all(&data).unwrap();
+    // Two wide images, one tall, one nearly square: three buckets of the 64 px area.
+    let stripes = |w: u32, h: u32| -> Vec<u8> { (0..w * h).flat_map(|i| [(i % w * 2) as u8, (i / w * 2) as u8, 90]).collect() };
+    for (name, w, h) in [("wide-0", 120, 60), ("wide-1", 120, 60), ("tall", 60, 120)] {
+        catlora::io::image::save_png(&data.join(format!("{name}.png")), &stripes(w, h), w, h, &[]).unwrap();
+    }
+    std::fs::copy(fixtures().join("tiny-clip/probe-0.png"), data.join("square.png")).unwrap();
+    let (m, d, o) = (model(), data.display().to_string(), dir.join("b.safetensors").display().to_string());
+    let base = ["train", "--model", &m, "--data", &d, "--trigger", "sks", "--class", "shape", "--rank", "2", "--out", &o];
+    let buckets = ["--enable-bucket", "--min-bucket-reso", "32", "--max-bucket-reso", "128", "--bucket-reso-steps", "16"];
+    fails(&[&base[..], &buckets[..5], &["--bucket-reso-steps", "12", "--resolution", "64"]].concat(), &["--bucket-reso-steps 12"]);
+    fails(&[&base[..], &buckets[..], &["--resolution", "256"]].concat(), &["--resolution 256", "--max-bucket-reso 128"]);
+    // Batches of two: a mixed batch could not stack its latents; random crops per bucket too.
+    let run = [&base[..], &buckets[..], &["--resolution", "64", "--steps", "4", "--batch", "2", "--flip"]].concat();
+    ok(&run);
+    let md = SafeTensorsFile::open(Path::new(&o)).unwrap().metadata().clone();
+    assert_eq!(md["ss_enable_bucket"], "True");
+    let info: serde_json::Value = serde_json::from_str(&md["ss_bucket_info"]).unwrap();
+    let want =
+        r#"{"buckets":{"0":{"count":1,"resolution":[48,80]},"1":{"count":1,"resolution":[64,64]},"2":{"count":2,"resolution":[80,48]}}}"#;
+    assert_eq!(info, serde_json::from_str::<serde_json::Value>(want).unwrap());
+    let first = std::fs::read(&o).unwrap();
+    ok(&[&run[..], &["--random-crop"]].concat());
+    assert_ne!(std::fs::read(&o).unwrap(), first, "random crops train on other pixels");
+    ok(&run);
+    assert_eq!(std::fs::read(&o).unwrap(), first, "same seed, same adapter");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn preservation_targets_their_amortisation_and_dco() {
+    let dir = scratch("preserve");
+    let data = dir.join("images");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..2 {
+        std::fs::copy(fixtures().join(format!("tiny-clip/probe-{i}.png")), data.join(format!("{i}.png"))).unwrap();
+        std::fs::write(data.join(format!("{i}.txt")), "a qzx token square, red").unwrap();
+    }
+    let (m, d) = (model(), data.display().to_string());
+    let out = dir.join("p.safetensors");
+    let o = out.display().to_string();
+    let base = ["train", "--model", &m, "--data", &d, "--trigger", "qzx token", "--resolution", "64", "--rank", "2", "--out", &o];
+    let with_class = [&base[..], &["--class", "square"]].concat();
+    fails(&[&base[..], &["--preserve", "bogus:1"]].concat(), &["bogus", "trigger-less, class, blank"]);
+    fails(&[&base[..], &["--preserve", "class"]].concat(), &["--preserve class", "--class"]);
+    fails(&[&with_class[..], &["--preserve", "blank,blank:2"]].concat(), &["`blank` twice"]);
+    fails(&[&with_class[..], &["--preserve", "blank", "--cat-weight", "2"]].concat(), &["--cat-weight 2", "trigger-less:2"]);
+    fails(&[&with_class[..], &["--preserve-every", "0"]].concat(), &["--preserve-every 0"]);
+    fails(&[&with_class[..], &["--method", "dco", "--dco-beta", "0"]].concat(), &["--dco-beta 0"]);
+    assert!(!out.exists(), "nothing written for a refused run");
+
+    // Three targets, computed on every second step (steps 1 and 3) with twice the weight. The
+    // adapter starts as the identity (its B is zero), so the terms are 0 at step 1.
+    let three = [&with_class[..], &["--steps", "3", "--preserve", "trigger-less:1,class:0.5,blank", "--preserve-every", "2"]].concat();
+    ok(&three);
+    let log = std::fs::read_to_string(dir.join("p.log.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let term = |i: usize, k: &str| lines[i][k].as_f64().unwrap();
+    for k in ["cat", "class", "blank"] {
+        assert!(term(0, k) == 0.0 && term(1, k) == 0.0 && term(2, k) > 0.0, "{k}: {log}");
+    }
+    let total = term(2, "diffusion") + 2.0 * (term(2, "cat") + 0.5 * term(2, "class") + term(2, "blank"));
+    assert!((term(2, "loss") - total).abs() <= 1e-9 * total, "{log}");
+    assert_eq!(term(1, "loss"), term(1, "diffusion"));
+    let md = SafeTensorsFile::open(&out).unwrap().metadata().clone();
+    assert_eq!(md["catlora_preserve"], "trigger-less:1,class:0.5,blank:1");
+
+    // DCO: the logged loss is softplus(β (d − d_ref)), positive, beside the plain diffusion loss.
+    ok(&[&base[..], &["--steps", "2", "--method", "dco", "--dco-beta", "100"]].concat());
+    let log = std::fs::read_to_string(dir.join("p.log.jsonl")).unwrap();
+    for l in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let (dco, loss) = (v["dco"].as_f64().unwrap(), v["loss"].as_f64().unwrap());
+        assert!(dco > 0.0 && loss == dco && v["cat"].as_f64() == Some(0.0), "{l}");
+    }
+    let md = SafeTensorsFile::open(&out).unwrap().metadata().clone();
+    assert_eq!((md["catlora_method"].as_str(), md["catlora_dco_beta"].as_str()), ("dco", "100"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn evaluation_during_training_and_keep_best() {
+    let dir = scratch("monitor");
+    let data = dir.join("images");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..2 {
+        std::fs::copy(fixtures().join(format!("tiny-clip/probe-{i}.png")), data.join(format!("{i}.png"))).unwrap();
+    }
+    let (m, d, clip) = (model(), data.display().to_string(), fixtures().join("tiny-clip").display().to_string());
+    let out = dir.join("e.safetensors");
+    let o = out.display().to_string();
+    let base =
+        ["train", "--model", &m, "--data", &d, "--trigger", "sks", "--class", "square", "--resolution", "64", "--rank", "2", "--out", &o];
+    let run = [&base[..], &["--steps", "3", "--sample-steps", "2"]].concat();
+    fails(&[&run[..], &["--eval-every", "1"]].concat(), &["--eval-every 1", "--clip"]);
+    fails(&[&run[..], &["--keep-best"]].concat(), &["--keep-best", "--eval-every"]);
+    fails(&[&run[..], &["--eval-every", "1", "--clip", "/no/clip"]].concat(), &["/no/clip"]);
+    ok(&run);
+    let plain = tensors(&out);
+    let watched = [&run[..], &["--eval-every", "1", "--eval-seeds", "2", "--clip", &clip, "--keep-best"]].concat();
+    ok(&watched);
+    // Evaluating draws from its own seeds: the adapter's tensors are the same bits as without it
+    // (the metadata differ: they hold the settings).
+    assert_eq!(tensors(&out), plain);
+    let log = std::fs::read_to_string(dir.join("e.log.jsonl")).unwrap();
+    let evals = catlora::training::monitor::logged(&log).unwrap();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2, 3], "{log}");
+    for (_, s) in &evals {
+        assert!((0.0..=1.0).contains(&s.kps) && (0.0..=1.0).contains(&s.identity_similarity) && s.prompt_similarity.is_finite(), "{s:?}");
+    }
+    let best = catlora::training::monitor::pick_best(&evals).unwrap();
+    let source = if best == 3 { out.clone() } else { dir.join(format!("e-{best:06}.safetensors")) };
+    assert_eq!(std::fs::read(dir.join("e-best.safetensors")).unwrap(), std::fs::read(source).unwrap(), "best step {best}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

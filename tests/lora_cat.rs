@@ -5,7 +5,8 @@ use catlora::adapters::lora::{Targets, attach_file};
 use catlora::models::config::UNetConfig;
 use catlora::models::unet::UNet;
 use catlora::models::weights::Weights;
-use common::cat_step::{FORMATS, check_cat_step, read_lora};
+use catlora::training::objective::Preserve;
+use common::cat_step::{FORMATS, check_cat_step, check_fixture_cat_step, read_lora};
 use common::*;
 
 fn unet() -> UNet {
@@ -50,7 +51,16 @@ fn lora_that_does_not_fit_is_an_error_naming_the_layer() {
 
 #[test]
 fn one_cat_step_matches_the_reference_losses_and_every_gradient() {
-    check_cat_step(&device(), "tiny-sd", "reference.safetensors", FORMATS[1], "cat-step-grads.safetensors", "cat_eps");
+    check_fixture_cat_step(&device(), Preserve::TriggerLess);
+}
+
+/// The `class` and `blank` preservation terms are the same term with other captions: given the
+/// reference's trigger-less captions, each gives peft's CAT loss and every gradient.
+#[test]
+fn every_preservation_target_matches_the_reference_term() {
+    for target in [Preserve::Class, Preserve::Blank] {
+        check_fixture_cat_step(&device(), target);
+    }
 }
 
 /// The same step on the SD 2.x-style v-prediction fixture: the target is the velocity
@@ -64,5 +74,72 @@ fn one_v_prediction_cat_step_matches_the_reference() {
         "vpred-lora-diffusers/pytorch_lora_weights.safetensors",
         "vpred-cat-step-grads.safetensors",
         "cat_target",
+        Preserve::TriggerLess,
     );
+}
+
+/// DCO's step: the loss is `softplus(β (d − d_ref))` with `d_ref` the adapter-off UNet's
+/// diffusion loss, and its gradient agrees with a central finite difference of that loss along
+/// the gradient (and is the diffusion gradient times `β σ(β (d − d_ref))`).
+#[test]
+fn dco_gradient_matches_a_finite_difference() {
+    use catlora::training::objective::{StepInputs, cat_gradients, softplus};
+    use catlora::training::params::{AdapterParams, Params, host};
+    let dev = device();
+    let r = reference();
+    let mut unet = unet();
+    let file = read_lora(&mut unet, FORMATS[1]);
+    let adapter = attach_file(&mut Targets { unet: &mut unet, text_encoder: None }, &file, 1.0, "fixture").unwrap();
+    let mut params =
+        Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
+    let cond = tensor::<3>(&r, "text_hidden", &dev).narrow(0, 0, 1);
+    let ct = || cond.clone();
+    let (_, t) = r.i64("cat_t").unwrap();
+    let beta = 20.0;
+    // (terms, gradients) of one step with the parameters `params` holds.
+    let mut step = |params: &Params, dco: Option<f64>| {
+        let leaves =
+            params.install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
+        let inputs = StepInputs {
+            zt: tensor(&r, "cat_zt", &dev),
+            timesteps: vec![t[0] as f64],
+            target: tensor(&r, "cat_eps", &dev),
+            cond_trigger: &ct,
+            preserve: Vec::new(),
+            dco_beta: dco,
+            sample_weights: None,
+            prior: None,
+        };
+        let (terms, grads) = cat_gradients(&unet, &adapter.gate, params, &leaves, &inputs).unwrap();
+        (terms, grads.iter().map(host).collect::<Vec<_>>())
+    };
+    let (terms, grads) = step(&params, Some(beta));
+    let (plain, plain_grads) = step(&params, None);
+    assert_eq!(terms.diffusion, plain.diffusion);
+    assert!(terms.dco > 0.0 && terms.total == terms.dco, "{terms:?}");
+    // d_ref from the loss: softplus is invertible.
+    let x = (terms.dco.exp() - 1.0).ln();
+    assert!((softplus(x) - terms.dco).abs() < 1e-12);
+    let slope = beta / (1.0 + (-x).exp());
+    // float32 backward passes of `d · slope` and of `d` round differently: compared at 1e-4 of
+    // the largest gradient.
+    let scaled: Vec<f64> = plain_grads.iter().flatten().map(|&p| slope * p as f64).collect();
+    let largest = scaled.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for (g, want) in grads.iter().flatten().zip(&scaled) {
+        assert!((*g as f64 - want).abs() <= 1e-4 * largest, "{g} vs {want} (slope {slope}, largest {largest:e})");
+    }
+    // Central difference along the unit gradient direction: the slope there is |g|.
+    let norm = grads.iter().flatten().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(norm > 0.0);
+    let base = params.to_host();
+    let h = 1e-2;
+    let mut at = |k: f64| {
+        let moved: Vec<Vec<f32>> =
+            base.iter().zip(&grads).map(|(v, g)| v.iter().zip(g).map(|(&v, &g)| v + (k * h * g as f64 / norm) as f32).collect()).collect();
+        params.set_host(moved, "probe").unwrap();
+        step(&params, Some(beta)).0.dco
+    };
+    let fd = (at(1.0) - at(-1.0)) / (2.0 * h);
+    println!("DCO: loss {}, |g| {norm:e}, finite difference {fd:e}", terms.dco);
+    assert!((fd - norm).abs() <= 2e-3 * norm, "finite difference {fd:e} vs |g| {norm:e}");
 }

@@ -77,7 +77,7 @@ fn data_loss(sd: &StableDiffusion, data: &Dataset, velocity: bool, timesteps: &[
             let eps = rng.normal_tensor(x0.dims(), &dev);
             let zt = noise.add_noise(x0.clone(), eps.clone(), &[t]);
             let target = if velocity { noise.velocity(x0, eps, &[t]) } else { eps };
-            let pred = sd.unet.forward(zt, &[t as f64], &data.cond[i].0);
+            let pred = sd.unet.forward(zt, &[t as f64], &data.cond[i].trigger);
             total += values(mse(pred, target, None))[0] as f64;
         }
     }
@@ -103,7 +103,7 @@ fn adapted_and_base_loss(
 fn train_and_load(cfg: &TrainConfig) -> (catlora::training::trainer::Outcome, StableDiffusion, Dataset, lora_file::LoraFile) {
     let out = train(cfg, None, &mut Silent).unwrap();
     let mut sd = StableDiffusion::load(&cfg.model, &device()).unwrap();
-    let data = Dataset::prepare(&sd, cfg, true).unwrap();
+    let data = Dataset::prepare(&sd, cfg, true, &[]).unwrap();
     let file = lora_file::read(&out.paths.adapter, &sd.targets().known_modules()).unwrap();
     (out, sd, data, file)
 }

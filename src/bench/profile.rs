@@ -61,11 +61,12 @@ pub fn run_phase(case: &BenchCase, phase: Phase) -> Result<()> {
                     timesteps: t.iter().map(|&t| t as f64).collect(),
                     target: noise.clone(),
                     cond_trigger: &cond,
-                    cond_plain: None,
+                    preserve: Vec::new(),
+                    dco_beta: None,
                     sample_weights: None,
                     prior: None,
                 };
-                let (_, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs, 0.0)?;
+                let (_, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs)?;
                 opt.update(&mut params.values, &grads, 1e-4);
                 let _ = host(&params.values[0]);
             }

@@ -9,7 +9,7 @@ use super::{BenchOptions, Job, child, torch};
 use crate::adapters::lora::{LoraConfig, PAPER_UNET_TARGETS, Targets, attach_new};
 use crate::rng::Rng;
 use crate::training::adamw::{AdamW, AdamWConfig};
-use crate::training::objective::{LossTerms, StepInputs, cat_gradients, mse};
+use crate::training::objective::{LossTerms, Preserve, PreserveTerm, StepInputs, cat_gradients, mse};
 use crate::training::params::{AdapterParams, Params, host};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -204,11 +204,16 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
             timesteps: t_f64.clone(),
             target: noise.clone(),
             cond_trigger: &cond_trigger,
-            cond_plain: Some(&cond_plain),
+            preserve: if lambda != 0.0 {
+                vec![PreserveTerm { target: Preserve::TriggerLess, cond: &cond_plain, weight: lambda }]
+            } else {
+                Vec::new()
+            },
+            dco_beta: None,
             sample_weights: None,
             prior: None,
         };
-        let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs, lambda)?;
+        let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs)?;
         opt.update(&mut params.values, &grads, st.lr);
         drop(leaves);
         // The step is done when its last result exists (backends may run asynchronously).

@@ -7,12 +7,14 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Reproduce the CAT paper's claim on a CPU in minutes: train plain LoRA, CAT and DreamBooth
-/// adapters on five images of one object, then measure identity, prompt fidelity, knowledge
-/// preservation (KPS) and how much each adapter leaks into its class.
+/// Reproduce the CAT paper's claim on a CPU in minutes: train plain LoRA, CAT, the blank and
+/// class preservation targets, CAT with blank, DCO and DreamBooth adapters on five images of one
+/// object, then measure identity, prompt fidelity, knowledge preservation (KPS) and how much each
+/// adapter leaks into its class, without guidance and with it.
 ///
-/// Writes OUT/data (the training images), OUT/adapters (three LoRA files with training logs),
-/// OUT/eval (every generated image), OUT/results.json and OUT/report.html, and prints the table.
+/// Writes OUT/data (the training images), OUT/adapters (the LoRA files with training logs),
+/// OUT/eval and OUT/guided (every generated image), OUT/results.json and OUT/report.html, and
+/// prints the table.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     #[arg(long, default_value = "catlora-demo", value_name = "DIR")]
@@ -29,17 +31,16 @@ pub struct DemoArgs {
     pub lr: Option<f64>,
     #[arg(long)]
     pub rank: Option<usize>,
-    /// λ of CAT.
+    /// λ: the weight of every preservation term [default: 1, the paper's].
     #[arg(long)]
     pub cat_weight: Option<f64>,
     /// Seeds per evaluation prompt.
     #[arg(long)]
     pub seeds: Option<usize>,
-    /// Classifier-free guidance of the evaluation images and the claims [default: 1, none].
+    /// Classifier-free guidance of the first evaluation [default: 1, none].
     #[arg(long)]
     pub cfg: Option<f64>,
-    /// Guidance of a second sampling of the trigger-less class prompts, reported beside the
-    /// claims (0 skips it) [default: 3].
+    /// Guidance of the second evaluation (0 skips it) [default: 3].
     #[arg(long, value_name = "G")]
     pub guided_cfg: Option<f64>,
     /// `cpu` or `vulkan[:N]`.
@@ -100,24 +101,23 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let mut p = Stages { started: Instant::now(), progress: super::Progress::new("demo", 0) };
     let r = demo::run(&opts, &models, &mut p)?;
     p.progress.finish();
-    println!("{:<12} {:>8} {:>9} {:>7} {:>9} {:>6} {:>8}", "method", "KPS", "identity", "prompt", "diversity", "copy", "colours");
+    println!(
+        "{:<12} {:>5} {:>8} {:>9} {:>7} {:>9} {:>6} {:>8}",
+        "method", "CFG", "KPS", "identity", "prompt", "diversity", "copy", "colours"
+    );
     for (name, m) in &r.methods {
-        let kps = m.kps.map_or("-".into(), |k| format!("{k:.4}"));
-        println!(
-            "{name:<12} {kps:>8} {:>9.4} {:>7.4} {:>9.4} {:>6.2} {:>8.2}",
-            m.identity_similarity, m.prompt_similarity, m.diversity, m.copy_rate, m.colour_diversity
-        );
+        for (cfg, x) in std::iter::once((opts.cfg, &m.metrics)).chain(opts.guided_cfg.zip(m.guided.as_ref())) {
+            let kps = x.kps.map_or("-".into(), |k| format!("{k:.4}"));
+            println!(
+                "{name:<12} {cfg:>5} {kps:>8} {:>9.4} {:>7.4} {:>9.4} {:>6.2} {:>8.2}",
+                x.identity_similarity, x.prompt_similarity, x.diversity, x.copy_rate, x.colour_diversity
+            );
+        }
     }
-    println!("colours of the trigger-less class images (guidance {}):", opts.cfg);
+    println!("colours of the trigger-less class images:");
     for (name, m) in &r.methods {
-        println!("  {name:<10} {}", demo::colour_summary(&m.colours));
-    }
-    if let Some(g) = opts.guided_cfg {
-        println!("the same class prompts with guidance {g} (copy rate, colour diversity; colours):");
-        for (name, m) in &r.methods {
-            if let Some(t) = &m.guided {
-                println!("  {name:<10} {:.2} {:>5.2}  {}", t.copy_rate, t.colour_diversity, demo::colour_summary(&t.colours));
-            }
+        for (cfg, x) in std::iter::once((opts.cfg, &m.metrics)).chain(opts.guided_cfg.zip(m.guided.as_ref())) {
+            println!("  {name:<10} CFG {cfg}: {}", demo::colour_summary(&x.colours));
         }
     }
     for c in &r.claims {

@@ -1,7 +1,7 @@
 //! `catlora train`: the options of a training run, merged over `--config` (or the defaults).
 use anyhow::{Context, Result, bail};
 use catlora::training::config::expand_target_presets;
-use catlora::training::config::{Concept, FileFormat, Method, SavePrecision, Schedule, TrainConfig};
+use catlora::training::config::{Concept, FileFormat, Method, PreserveWeight, SavePrecision, Schedule, TrainConfig, parse_preserve};
 use catlora::training::data::expand_kohya_layouts;
 use catlora::training::objective::LossTerms;
 use catlora::training::trainer::{self, Progress};
@@ -32,13 +32,26 @@ pub struct TrainArgs {
     /// The concept's class, e.g. `cat` (sample prompts, DreamBooth class prompts).
     #[arg(long, value_name = "TEXT")]
     pub class: Vec<String>,
-    /// cat (diffusion loss + cat-weight x knowledge-preservation term), lora or dreambooth
-    /// [default: cat].
+    /// cat (diffusion loss + cat-weight x knowledge-preservation term), lora, dreambooth or dco
+    /// (Direct Consistency Optimization, with --dco-beta) [default: cat].
     #[arg(long)]
     pub method: Option<Method>,
     /// λ, the weight of CAT's knowledge-preservation term [default: 1].
     #[arg(long, value_name = "F")]
     pub cat_weight: Option<f64>,
+    /// Preservation terms with weights, for any method: `trigger-less` (the caption without the
+    /// trigger: CAT's), `class` (the trigger replaced by --class), `blank` (the empty caption, the
+    /// unconditional prediction guidance uses); e.g. `trigger-less:1,blank:1` [default: the
+    /// method's own: `trigger-less:<cat-weight>` for cat, none for the others].
+    #[arg(long, value_name = "LIST", value_parser = parse_preserve_list)]
+    pub preserve: Option<PreserveList>,
+    /// Compute the preservation terms every k-th step only, weighted k times (the same expected
+    /// gradient at about 1/k of their cost) [default: 1].
+    #[arg(long, value_name = "K")]
+    pub preserve_every: Option<usize>,
+    /// DCO's β (--method dco) [default: 1000].
+    #[arg(long, value_name = "F")]
+    pub dco_beta: Option<f64>,
     /// Weight of DreamBooth's prior-preservation loss [default: 1].
     #[arg(long, value_name = "F")]
     pub prior_weight: Option<f64>,
@@ -106,6 +119,21 @@ pub struct TrainArgs {
     /// a config file's setting).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub random_crop: Option<bool>,
+    /// Aspect-ratio bucketing as kohya's: each image trained at the bucket size closest to its
+    /// aspect ratio (resized to cover it, then cropped), sides of multiples of
+    /// --bucket-reso-steps with an area of about --resolution², batches drawn within one size
+    /// (`--enable-bucket=false` undoes a config file's setting).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_bucket: Option<bool>,
+    /// Smallest bucket side in pixels [default: 256].
+    #[arg(long, value_name = "PX")]
+    pub min_bucket_reso: Option<usize>,
+    /// Largest bucket side in pixels [default: 1024].
+    #[arg(long, value_name = "PX")]
+    pub max_bucket_reso: Option<usize>,
+    /// Bucket sides are multiples of this many pixels [default: 64].
+    #[arg(long, value_name = "PX")]
+    pub bucket_reso_steps: Option<usize>,
     /// Mirror training images left to right at random (`--flip=false` to turn off).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub flip: Option<bool>,
@@ -149,6 +177,29 @@ pub struct TrainArgs {
     /// Sampling steps of the samples and the generated class images [default: 20].
     #[arg(long, value_name = "N")]
     pub sample_steps: Option<usize>,
+    /// Evaluate the adapter every N steps (0 never does): KPS, identity and prompt similarity of
+    /// --eval-seeds images per evaluation prompt, with and without the trigger, against the base
+    /// model's images and the training images; logged under `eval` and plotted by `catlora eval`'s
+    /// report. Needs --clip [default: 0].
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// An evaluation prompt (repeatable) [default: "<trigger>, <class>" per concept].
+    #[arg(long = "eval-prompt", value_name = "TEXT")]
+    pub eval_prompt: Vec<String>,
+    /// A file of evaluation prompts, one per line, `#` comments.
+    #[arg(long, value_name = "FILE")]
+    pub eval_prompts: Option<PathBuf>,
+    /// Seeds per evaluation prompt, the same at every evaluation [default: 4].
+    #[arg(long, value_name = "N")]
+    pub eval_seeds: Option<usize>,
+    /// CLIP model folder (transformers layout) for --eval-every.
+    #[arg(long, value_name = "DIR")]
+    pub clip: Option<PathBuf>,
+    /// Also write `<out stem>-best.safetensors`: of the evaluated steps whose identity is within
+    /// 5 % of the best identity, the one with the highest KPS (each evaluated step's adapter is
+    /// saved as with --save-every).
+    #[arg(long)]
+    pub keep_best: bool,
     /// LoRA naming of the output: kohya or diffusers [default: kohya].
     #[arg(long)]
     pub format: Option<FileFormat>,
@@ -174,6 +225,14 @@ pub struct TrainArgs {
     /// Print the merged settings as TOML and exit without training.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// `--preserve`'s parsed list (a newtype: clap would take a `Vec` as a repeatable option).
+#[derive(Clone, Debug)]
+pub struct PreserveList(Vec<PreserveWeight>);
+
+fn parse_preserve_list(text: &str) -> std::result::Result<PreserveList, String> {
+    parse_preserve(text).map(PreserveList)
 }
 
 /// `once` for every concept, or one per concept in order.
@@ -234,14 +293,29 @@ pub fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(list) = &a.targets {
         (c.targets, c.text_encoder_targets) = parse_targets(list)?;
     }
-    let mut prompts = match &a.sample_prompts {
-        Some(file) => catlora::io::read_prompt_file(file)?,
-        None => Vec::new(),
+    // A prompt file's lines, then the prompts given one by one; none given keeps the field.
+    let prompts = |file: &Option<PathBuf>, given: &[String]| -> Result<Option<Vec<String>>> {
+        let mut v = match file {
+            Some(f) => catlora::io::read_prompt_file(f)?,
+            None => Vec::new(),
+        };
+        v.extend(given.iter().cloned());
+        Ok((!v.is_empty()).then_some(v))
     };
-    prompts.extend(a.sample_prompt.iter().cloned());
-    if !prompts.is_empty() {
-        c.sample_prompts = prompts;
+    if let Some(v) = prompts(&a.sample_prompts, &a.sample_prompt)? {
+        c.sample_prompts = v;
     }
+    if let Some(v) = prompts(&a.eval_prompts, &a.eval_prompt)? {
+        c.eval_prompts = v;
+    }
+    if a.clip.is_some() {
+        c.clip = a.clip.clone();
+    }
+    if a.keep_best {
+        c.keep_best = true;
+    }
+    set(&mut c.eval_every, &a.eval_every);
+    set(&mut c.eval_seeds, &a.eval_seeds);
     // Plain overrides: the field takes the option's value only when the option was given.
     fn set<T: Clone>(field: &mut T, value: &Option<T>) {
         if let Some(v) = value {
@@ -252,6 +326,11 @@ pub fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
     set(&mut c.out, &a.out);
     set(&mut c.method, &a.method);
     set(&mut c.cat_weight, &a.cat_weight);
+    if let Some(list) = &a.preserve {
+        c.preserve = list.0.clone();
+    }
+    set(&mut c.preserve_every, &a.preserve_every);
+    set(&mut c.dco_beta, &a.dco_beta);
     set(&mut c.prior_weight, &a.prior_weight);
     set(&mut c.class_images, &a.class_images);
     set(&mut c.rank, &a.rank);
@@ -275,6 +354,10 @@ pub fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
     set(&mut c.grad_accum, &a.grad_accum);
     set(&mut c.resolution, &a.resolution);
     set(&mut c.random_crop, &a.random_crop);
+    set(&mut c.enable_bucket, &a.enable_bucket);
+    set(&mut c.min_bucket_reso, &a.min_bucket_reso);
+    set(&mut c.max_bucket_reso, &a.max_bucket_reso);
+    set(&mut c.bucket_reso_steps, &a.bucket_reso_steps);
     set(&mut c.flip, &a.flip);
     set(&mut c.caption_dropout, &a.caption_dropout);
     set(&mut c.shuffle_caption, &a.shuffle_caption);
@@ -375,7 +458,7 @@ mod tests {
             cmd.get_arguments().filter_map(|a| a.get_long()).map(|l| l.replace('-', "_")).collect();
         let fields: std::collections::BTreeSet<String> =
             serde_json::to_value(TrainConfig::default()).unwrap().as_object().unwrap().keys().cloned().collect();
-        let run_only = ["config", "resume", "print_config", "data", "trigger", "class", "class_data", "sample_prompt"];
+        let run_only = ["config", "resume", "print_config", "data", "trigger", "class", "class_data", "sample_prompt", "eval_prompt"];
         let field_only = ["concepts", "text_encoder_targets"];
         for o in &options {
             assert!(fields.contains(o) || run_only.contains(&o.as_str()), "--{} is not a config field", o.replace('_', "-"));

@@ -8,14 +8,13 @@ pub use super::results::{EvalResults, ImageRecord, ModelScores};
 use crate::adapters::lora::{Adapter, attach_file};
 use crate::adapters::lora_file;
 use crate::io::folder_name;
-use crate::io::image::{load_rgb, tensor_to_rgb8};
+use crate::io::image::load_rgb;
 use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
-use crate::pipeline::txt2img::{GenerateParams, generate, seeded_latents};
+use crate::pipeline::txt2img::{GenerateParams, generate_seeded};
 use crate::schedulers::SamplerKind;
 use crate::training::trigger::remove_trigger;
 use anyhow::{Result, bail};
-use burn::tensor::Tensor;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
@@ -120,13 +119,6 @@ impl ModelSet {
     }
 }
 
-/// One RGB image per seed for `p`; seed `s` gives the same initial noise whichever model is
-/// selected, so images of one seed compare models.
-pub fn generate_seeded(sd: &StableDiffusion, p: &GenerateParams, seeds: &[u64]) -> Result<Vec<Vec<u8>>> {
-    let latents = Tensor::cat(seeds.iter().map(|&s| seeded_latents(sd, p, s)).collect(), 0);
-    Ok(tensor_to_rgb8(generate(sd, p, latents, |_, _| {})?))
-}
-
 /// Saves a generated image with its settings in AUTOMATIC1111's `parameters` text, as
 /// `catlora generate` does: `model` is the base model's name, `lora` the adapter in use (written
 /// as a `<lora:name:weight>` tag after the prompt).
@@ -159,13 +151,7 @@ pub fn evaluate(opts: &EvalOptions, mut progress: impl FnMut(&str)) -> Result<Ge
     let prompts: Vec<String> = opts
         .prompts
         .iter()
-        .map(|p| {
-            if p.split(|c: char| c.is_whitespace() || c == ',').any(|w| w == opts.trigger) {
-                p.clone()
-            } else {
-                format!("{}, {p}", opts.trigger)
-            }
-        })
+        .map(|p| if crate::training::trigger::contains_phrase(p, &opts.trigger) { p.clone() } else { format!("{}, {p}", opts.trigger) })
         .collect();
 
     let mut images = Vec::new();

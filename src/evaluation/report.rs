@@ -30,15 +30,24 @@ fn fmt(v: f64) -> String {
     format!("{v:.4}")
 }
 
-/// A loss-curve chart of one training log (JSON lines with `step` and loss terms).
+/// The charts of one training log (JSON lines with `step`): the loss terms, moving-averaged,
+/// and, when the run evaluated itself (`eval` lines), its KPS, identity and prompt similarity.
 fn loss_svg(name: &str, log: &Path) -> Result<String> {
     let text = std::fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
-    let mut series: Vec<(&str, Vec<(f64, f64)>)> = vec![("loss", vec![]), ("diffusion", vec![]), ("cat", vec![]), ("prior", vec![])];
+    // Every term the trainer logs; those that stay 0 are dropped below.
+    let mut series: Vec<(&str, Vec<(f64, f64)>)> =
+        crate::training::objective::LossTerms::default().named().iter().map(|&(k, _)| (k, Vec::new())).collect();
+    let mut scores: Vec<(&str, Vec<(f64, f64)>)> =
+        ["kps", "identity_similarity", "prompt_similarity"].iter().map(|&k| (k, Vec::new())).collect();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: malformed log line", log.display()))?;
         let step = v.get("step").and_then(|s| s.as_f64()).unwrap_or(0.0);
-        for (key, pts) in series.iter_mut() {
-            if let Some(y) = v.get(*key).and_then(|y| y.as_f64()) {
+        let (source, target) = match v.get("eval") {
+            Some(e) => (e, &mut scores),
+            None => (&v, &mut series),
+        };
+        for (key, pts) in target.iter_mut() {
+            if let Some(y) = source.get(*key).and_then(|y| y.as_f64()) {
                 pts.push((step, y));
             }
         }
@@ -55,10 +64,20 @@ fn loss_svg(name: &str, log: &Path) -> Result<String> {
             .collect()
     };
     let curves: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(k, p)| (*k, smooth(p))).collect();
+    let mut out = chart(name, &curves, &format!("{} (moving average)", escape(name)));
+    scores.retain(|(_, p)| !p.is_empty());
+    if !scores.is_empty() {
+        out.push_str(&chart(name, &scores, &format!("{}: evaluations during training", escape(name))));
+    }
+    Ok(out)
+}
+
+/// One line chart: each curve as (name, points), the y axis from 0 to the largest value.
+fn chart(name: &str, curves: &[(&str, Vec<(f64, f64)>)], caption: &str) -> String {
     let (w, h, pad) = (480.0, 220.0, 36.0);
     let xmax = curves.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(1.0f64, f64::max);
     let ymax = curves.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(1e-12f64, f64::max);
-    let colours = ["#222", "#1f77b4", "#d62728", "#2ca02c"];
+    let colours = ["#222", "#1f77b4", "#9467bd", "#d62728", "#ff7f0e", "#8c564b", "#2ca02c"];
     let mut s = format!(
         r##"<figure><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="loss curves of {n}"><rect width="100%" height="100%" fill="#fff" stroke="#ccc"/>"##,
         n = escape(name)
@@ -85,8 +104,8 @@ fn loss_svg(name: &str, log: &Path) -> Result<String> {
             16.0 + 14.0 * i as f64
         );
     }
-    let _ = write!(s, "</svg><figcaption>{} (moving average)</figcaption></figure>", escape(name));
-    Ok(s)
+    let _ = write!(s, "</svg><figcaption>{caption}</figcaption></figure>");
+    s
 }
 
 /// Renders the report. `logs` are the training logs found beside the adapters.

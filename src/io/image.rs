@@ -134,20 +134,21 @@ pub enum Crop {
     },
 }
 
-/// Resizes the shortest side to `size` with Lanczos3 (antialiased on downscaling, like PIL's
-/// LANCZOS) and crops a `size`×`size` square. A resize over [`crate::limits::MAX_IMAGE_PIXELS`]
+/// Resizes to cover `width`×`height` with the aspect ratio kept, with Lanczos3 (antialiased on
+/// downscaling, like PIL's LANCZOS), and crops that size (a square of `size` for the fixed
+/// resolution, a bucket's size with bucketing). A resize over [`crate::limits::MAX_IMAGE_PIXELS`]
 /// (a long, thin image) is refused.
-pub fn resize_and_crop(img: &RgbImage, size: u32, crop: Crop) -> Result<RgbImage> {
+pub fn resize_and_crop(img: &RgbImage, (width, height): (u32, u32), crop: Crop) -> Result<RgbImage> {
     let (w, h) = img.dimensions();
-    // Rounded, never below `size`, so the square always fits.
-    let (nw, nh) = crate::limits::resized(w, h, size)?;
+    // Rounded, never below the target, so the crop always fits.
+    let (nw, nh) = crate::limits::covering(w, h, width, height)?;
     let resized = imageops::resize(img, nw, nh, FilterType::Lanczos3);
     let offset = |room: u32, frac: f32| ((frac.clamp(0.0, 1.0) as f64 * room as f64).round() as u32).min(room);
     let (left, top) = match crop {
-        Crop::Center => ((nw - size) / 2, (nh - size) / 2),
-        Crop::Random { x_frac, y_frac } => (offset(nw - size, x_frac), offset(nh - size, y_frac)),
+        Crop::Center => ((nw - width) / 2, (nh - height) / 2),
+        Crop::Random { x_frac, y_frac } => (offset(nw - width, x_frac), offset(nh - height, y_frac)),
     };
-    Ok(imageops::crop_imm(&resized, left, top, size, size).to_image())
+    Ok(imageops::crop_imm(&resized, left, top, width, height).to_image())
 }
 
 /// Mirrors an image left to right (the `--flip` augmentation).
@@ -347,16 +348,23 @@ mod tests {
     fn training_preprocessing() {
         // 6x4 image whose pixel value encodes its position.
         let img = RgbImage::from_fn(6, 4, |x, y| ::image::Rgb([(x * 40) as u8, (y * 60) as u8, 7]));
-        let c = resize_and_crop(&img, 4, Crop::Center).unwrap();
+        let c = resize_and_crop(&img, (4, 4), Crop::Center).unwrap();
         assert_eq!(c.dimensions(), (4, 4));
         assert_eq!(c.get_pixel(0, 0)[0], 40); // no resize needed: columns 1..5 kept
-        let left = resize_and_crop(&img, 4, Crop::Random { x_frac: 0.0, y_frac: 0.5 }).unwrap();
-        let right = resize_and_crop(&img, 4, Crop::Random { x_frac: 1.0, y_frac: 0.5 }).unwrap();
+        let left = resize_and_crop(&img, (4, 4), Crop::Random { x_frac: 0.0, y_frac: 0.5 }).unwrap();
+        let right = resize_and_crop(&img, (4, 4), Crop::Random { x_frac: 1.0, y_frac: 0.5 }).unwrap();
         assert_eq!((left.get_pixel(0, 0)[0], right.get_pixel(3, 0)[0]), (0, 200));
-        let small = resize_and_crop(&img, 2, Crop::Center).unwrap();
+        let small = resize_and_crop(&img, (2, 2), Crop::Center).unwrap();
         assert_eq!(small.dimensions(), (2, 2));
-        let big = resize_and_crop(&img, 8, Crop::Center).unwrap();
+        let big = resize_and_crop(&img, (8, 8), Crop::Center).unwrap();
         assert_eq!(big.dimensions(), (8, 8));
+        // Bucket sizes: a tall target keeps the height and crops the middle columns; a wide one
+        // scales the width to fit.
+        let tall = resize_and_crop(&img, (2, 4), Crop::Center).unwrap();
+        assert_eq!((tall.dimensions(), tall.get_pixel(0, 0)[0], tall.get_pixel(0, 3)[1]), ((2, 4), 80, 180));
+        assert_eq!(resize_and_crop(&img, (4, 2), Crop::Center).unwrap().dimensions(), (4, 2));
+        assert_eq!(crate::limits::covering(6, 4, 4, 2).unwrap(), (4, 3));
+        assert_eq!(crate::limits::covering(6, 4, 2, 4).unwrap(), (6, 4));
 
         let f = flip_horizontal(&img);
         assert_eq!(f.get_pixel(0, 1), img.get_pixel(5, 1));

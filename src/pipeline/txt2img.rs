@@ -131,3 +131,10 @@ pub fn generate_with_noise(
     let shift = sd.vae.config.shift_factor.unwrap_or(0.0) as f32;
     Ok(sd.vae.decode(x.div_scalar(scale).add_scalar(shift)))
 }
+
+/// One RGB image per seed for `p`; seed `s` gives the same initial noise whichever adapter is
+/// active, so images of one seed compare models.
+pub fn generate_seeded(sd: &StableDiffusion, p: &GenerateParams, seeds: &[u64]) -> Result<Vec<Vec<u8>>> {
+    let latents = Tensor::cat(seeds.iter().map(|&s| seeded_latents(sd, p, s)).collect(), 0);
+    Ok(crate::io::image::tensor_to_rgb8(generate(sd, p, latents, |_, _| {})?))
+}

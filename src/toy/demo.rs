@@ -1,9 +1,10 @@
 //! `catlora demo`: the paper's experiment in the toy world, on a CPU, in minutes. Five drawings
 //! of one personal object (a cyan-and-pink striped circle the base model never draws) train
-//! three adapters with the same seed and steps: plain LoRA, CAT and DreamBooth (class prompt "a
-//! circle"). The drawings sit on the three backgrounds in turn, as photos of one object are taken
-//! in several places. Each adapter is then scored with CLIP (the evaluation module) and with the
-//! world's ground truth:
+//! one adapter per method with the same seed and steps ([`VARIANTS`]: plain LoRA, CAT, the
+//! `blank` and `class` preservation targets, CAT with `blank`, DCO and DreamBooth with the class
+//! prompt "a circle"), every preservation weight λ. The drawings sit on the three backgrounds in
+//! turn, as photos of one object are taken in several places. Each adapter is then scored with
+//! CLIP (the evaluation module) and with the world's ground truth:
 //!
 //! * `copy_rate`: among images of trigger-less class prompts ("a circle on a gray
 //!   background"), the share that copy the personal object's look
@@ -14,19 +15,16 @@
 //!   are left out). An adapter that paints every circle like the personal object collapses the
 //!   histogram into one bin. The base model's value is the reference.
 //!
-//! The claims are read from images sampled without guidance (CFG 1): the methods train the
-//! conditional prediction, and guidance adds a move of the unconditional one that none of them
-//! trains. The class prompts are then sampled once more with guidance (`guided_cfg`, CFG 3), as
-//! users sample, and that ground truth is reported beside the claims.
+//! Everything is measured twice: without guidance (CFG 1), and with guidance (`guided_cfg`, CFG
+//! 3) as users sample. The methods train the conditional prediction; guidance adds a move of the
+//! unconditional one, which only the `blank` target trains. The claims are tested at both.
 use super::world;
-use crate::evaluation::eval::{EvalOptions, EvalResults, ModelSet, evaluate, generate_seeded, save_generated, write_outputs};
-use crate::io::folder_name;
+use crate::evaluation::eval::{EvalOptions, EvalResults, Generated, evaluate, write_outputs};
 use crate::io::image::{RgbImage, load_rgb, save_png};
-use crate::pipeline::txt2img::GenerateParams;
 use crate::schedulers::SamplerKind;
-use crate::training::config::{Concept, Method, SavePrecision, TrainConfig};
+use crate::training::config::{Concept, Method, PreserveWeight, SavePrecision, TrainConfig};
+use crate::training::objective::Preserve;
 use crate::training::trainer::{Progress, train};
-use crate::training::trigger::remove_trigger;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,9 +44,7 @@ pub struct DemoOptions {
     pub steps: usize,
     pub rank: usize,
     pub lr: f64,
-    /// λ of CAT: 2, not the paper's 1. With λ 1 CAT's class images keep a residual pull towards
-    /// the personal look (purple, the palette neighbour of its pink, doubles) in each of four
-    /// training seeds; λ 2 removes it (README, "The demo").
+    /// λ: the weight of every preservation term (the paper's 1).
     pub cat_weight: f64,
     pub prior_weight: f64,
     pub class_images: usize,
@@ -57,13 +53,12 @@ pub struct DemoOptions {
     /// margin the claims test.
     pub seeds: usize,
     pub sample_steps: usize,
-    /// Guidance of the evaluation images, and so of the claims: none (1). Every method here
-    /// trains the conditional prediction only; an adapter also moves the unconditional one
-    /// (towards the personal look), and guidance `g` subtracts `g - 1` times that move, which
-    /// pushes class images away from the personal look's colours. See `guided_cfg`.
+    /// Guidance of the first evaluation: none (1). An adapter also moves the unconditional
+    /// prediction (towards the personal look), and guidance `g` subtracts `g - 1` times that
+    /// move; see `guided_cfg`.
     pub cfg: f64,
-    /// Guidance of a second look at the trigger-less class images (`guided` in the results),
-    /// as users sample; `None` skips it.
+    /// Guidance of the second evaluation (`guided` in the results), as users sample; `None`
+    /// skips it.
     pub guided_cfg: Option<f64>,
     pub device: String,
 }
@@ -78,7 +73,7 @@ impl Default for DemoOptions {
             steps: 600,
             rank: 4,
             lr: 5e-3,
-            cat_weight: 2.0,
+            cat_weight: 1.0,
             prior_weight: 1.0,
             class_images: 20,
             seeds: 32,
@@ -120,9 +115,9 @@ pub fn prompts() -> Vec<String> {
         .collect()
 }
 
-/// Per method, the numbers the issue asks for.
+/// One model's numbers at one guidance.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct MethodResult {
+pub struct Metrics {
     pub kps: Option<f64>,
     pub identity_similarity: f64,
     pub prompt_similarity: f64,
@@ -132,10 +127,27 @@ pub struct MethodResult {
     /// The histogram behind `colour_diversity`: images per dominant colour (`personal` for
     /// copies of the personal look, `unreadable` for images with no readable colour).
     pub colours: BTreeMap<String, usize>,
-    /// The same ground truth for class images sampled with `guided_cfg`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guided: Option<Truth>,
 }
+
+/// Per method: its numbers without guidance, and the same at `guided_cfg`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MethodResult {
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided: Option<Metrics>,
+}
+
+/// The demo's adapters: name, method and preservation targets (each weighted λ).
+pub const VARIANTS: [(&str, Method, &[Preserve]); 7] = [
+    ("lora", Method::Lora, &[]),
+    ("cat", Method::Cat, &[]),
+    ("blank", Method::Lora, &[Preserve::Blank]),
+    ("cat+blank", Method::Lora, &[Preserve::TriggerLess, Preserve::Blank]),
+    ("class", Method::Lora, &[Preserve::Class]),
+    ("dco", Method::Dco, &[]),
+    ("dreambooth", Method::Dreambooth, &[]),
+];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Claim {
@@ -146,7 +158,7 @@ pub struct Claim {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DemoResults {
     pub settings: DemoOptions,
-    /// `base`, `lora`, `cat`, `dreambooth`.
+    /// `base` and each of [`VARIANTS`].
     pub methods: BTreeMap<String, MethodResult>,
     pub claims: Vec<Claim>,
     pub seconds: f64,
@@ -187,29 +199,6 @@ pub fn truth_of(images: &[RgbImage]) -> Truth {
     Truth { copy_rate: copies as f64 / n.max(1) as f64, colour_diversity: if total == 0 { 0.0 } else { entropy.exp() }, colours }
 }
 
-/// The trigger-less class images of every model again, sampled with guidance `cfg`, written to
-/// `out/<model>/`; their ground truth per model.
-fn guided_truth(eval: &EvalOptions, cfg: f64, out: &Path, progress: &mut dyn DemoProgress) -> Result<BTreeMap<String, Truth>> {
-    let set = ModelSet::load(&eval.model, &eval.adapters, &crate::device::parse(&eval.device)?)?.with_weights(&eval.weights);
-    let seeds = eval.seed_list();
-    let model_name = folder_name(&eval.model);
-    let mut truth = BTreeMap::new();
-    for (m, name) in set.names.iter().enumerate() {
-        set.select(m);
-        progress.message(&format!("{name}: class prompts with guidance {cfg}"));
-        let mut images = Vec::new();
-        for (pi, prompt) in eval.prompts.iter().enumerate() {
-            let p = GenerateParams { cfg, ..eval.params(remove_trigger(prompt, &eval.trigger)) };
-            for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.into_iter().zip(&seeds) {
-                save_generated(&out.join(format!("{name}/p{pi:02}-s{seed}.png")), &rgb, &p, seed, &model_name, set.lora(m))?;
-                images.push(RgbImage::from_raw(p.width as u32, p.height as u32, rgb).context("an image of the generated size")?);
-            }
-        }
-        truth.insert(name.clone(), truth_of(&images));
-    }
-    Ok(truth)
-}
-
 /// `red 5, blue 3, ...`, most frequent first.
 pub fn colour_summary(colours: &BTreeMap<String, usize>) -> String {
     let mut v: Vec<_> = colours.iter().collect();
@@ -217,23 +206,25 @@ pub fn colour_summary(colours: &BTreeMap<String, usize>) -> String {
     v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
-fn claims(m: &BTreeMap<String, MethodResult>) -> Vec<Claim> {
-    let (base, lora, cat) = (&m["base"], &m["lora"], &m["cat"]);
-    let (kl, kc) = (lora.kps.unwrap_or(0.0), cat.kps.unwrap_or(0.0));
+/// The paper's claims for `method` against LoRA and the base model, at one guidance (`label`).
+fn claims(m: &BTreeMap<String, &Metrics>, method: &str, label: &str) -> Vec<Claim> {
+    let (base, lora, x) = (m["base"], m["lora"], m[method]);
+    let (kl, kx) = (lora.kps.unwrap_or(0.0), x.kps.unwrap_or(0.0));
+    let claim = |text: String, holds: bool| Claim { claim: format!("{label}: {text}"), holds };
     vec![
-        Claim { claim: format!("KPS(CAT) {kc:.4} >= KPS(LoRA) {kl:.4} + 0.05"), holds: kc >= kl + 0.05 },
-        Claim {
-            claim: format!("identity(CAT) {:.4} >= 0.95 x identity(LoRA) {:.4}", cat.identity_similarity, lora.identity_similarity),
-            holds: cat.identity_similarity >= 0.95 * lora.identity_similarity,
-        },
-        Claim {
-            claim: format!("colour diversity(CAT) {:.2} >= 0.9 x base {:.2}", cat.colour_diversity, base.colour_diversity),
-            holds: cat.colour_diversity >= 0.9 * base.colour_diversity,
-        },
-        Claim {
-            claim: format!("colour diversity(LoRA) {:.2} < base {:.2}", lora.colour_diversity, base.colour_diversity),
-            holds: lora.colour_diversity < base.colour_diversity,
-        },
+        claim(format!("KPS({method}) {kx:.4} >= KPS(lora) {kl:.4} + 0.05"), kx >= kl + 0.05),
+        claim(
+            format!("identity({method}) {:.4} >= 0.95 x identity(lora) {:.4}", x.identity_similarity, lora.identity_similarity),
+            x.identity_similarity >= 0.95 * lora.identity_similarity,
+        ),
+        claim(
+            format!("colour diversity({method}) {:.2} >= 0.9 x base {:.2}", x.colour_diversity, base.colour_diversity),
+            x.colour_diversity >= 0.9 * base.colour_diversity,
+        ),
+        claim(
+            format!("colour diversity(lora) {:.2} < base {:.2}", lora.colour_diversity, base.colour_diversity),
+            lora.colour_diversity < base.colour_diversity,
+        ),
     ]
 }
 
@@ -258,8 +249,8 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     let resolution = world::SIZE;
 
     let mut adapters = Vec::new();
-    for method in [Method::Lora, Method::Cat, Method::Dreambooth] {
-        let file = out.join("adapters").join(format!("{}.safetensors", method.name()));
+    for (name, method, preserve) in VARIANTS {
+        let file = out.join("adapters").join(format!("{name}.safetensors"));
         let cfg = TrainConfig {
             model: sd.clone(),
             concepts: vec![Concept {
@@ -271,7 +262,9 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
             }],
             out: file.clone(),
             method,
-            cat_weight: opts.cat_weight,
+            // CAT's own term, or the listed targets, each weighted λ.
+            cat_weight: if preserve.is_empty() { opts.cat_weight } else { 1.0 },
+            preserve: preserve.iter().map(|&target| PreserveWeight { target, weight: opts.cat_weight }).collect(),
             prior_weight: opts.prior_weight,
             class_images: opts.class_images,
             rank: opts.rank,
@@ -286,12 +279,11 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
             save_precision: SavePrecision::Fp32,
             ..Default::default()
         };
-        progress.stage(&format!("training {} ({} steps)", method.name(), opts.steps));
-        train(&cfg, None, progress).with_context(|| format!("training the {} adapter", method.name()))?;
+        progress.stage(&format!("training {name} ({} steps)", opts.steps));
+        train(&cfg, None, progress).with_context(|| format!("training the {name} adapter"))?;
         adapters.push(file);
     }
 
-    progress.stage("generating and scoring the evaluation images");
     let eval_opts = EvalOptions {
         model: sd,
         clip,
@@ -310,69 +302,82 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
         out: out.join("eval"),
         device: opts.device.clone(),
     };
-    let mut g = evaluate(&eval_opts, |m| progress.message(m))?;
-    let mut truth = BTreeMap::new();
-    for m in &g.results.models {
-        truth.insert(m.name.clone(), ground_truth(&eval_opts.out, &g.results, &m.name)?);
-    }
+    progress.stage(&format!("generating and scoring the evaluation images (guidance {})", opts.cfg));
+    let (mut g, plain) = measured(&eval_opts, progress)?;
     let mut guided = match opts.guided_cfg {
         Some(cfg) => {
-            progress.stage(&format!("sampling the class prompts again with guidance {cfg}"));
-            guided_truth(&eval_opts, cfg, &out.join("guided"), progress)?
+            progress.stage(&format!("the same with guidance {cfg}"));
+            measured(&EvalOptions { cfg, out: out.join("guided"), ..eval_opts.clone() }, progress)?.1
         }
         None => BTreeMap::new(),
     };
     let mut methods = BTreeMap::new();
     for m in g.results.models.iter_mut() {
-        let Truth { copy_rate, colour_diversity, colours } = truth.remove(&m.name).context("ground truth of a scored model")?;
-        m.extra.insert("copy_rate".into(), copy_rate);
-        m.extra.insert("colour_diversity".into(), colour_diversity);
-        methods.insert(
-            m.name.clone(),
-            MethodResult {
-                kps: m.kps,
-                identity_similarity: m.identity_similarity,
-                prompt_similarity: m.prompt_similarity,
-                diversity: m.diversity,
-                copy_rate,
-                colour_diversity,
-                colours,
-                guided: guided.remove(&m.name),
-            },
-        );
+        let metrics = plain.get(&m.name).context("metrics of a scored model")?.clone();
+        m.extra.insert("copy_rate".into(), metrics.copy_rate);
+        m.extra.insert("colour_diversity".into(), metrics.colour_diversity);
+        methods.insert(m.name.clone(), MethodResult { metrics, guided: guided.remove(&m.name) });
     }
-    let claims = claims(&methods);
-    let results = DemoResults { settings: opts.clone(), methods, claims, seconds: started.elapsed().as_secs_f64() };
+    let at = |guided: bool| -> BTreeMap<String, &Metrics> {
+        methods.iter().filter_map(|(k, v)| if guided { v.guided.as_ref() } else { Some(&v.metrics) }.map(|m| (k.clone(), m))).collect()
+    };
+    let mut all_claims = Vec::new();
+    let looks: Vec<(bool, String)> =
+        std::iter::once((false, format!("CFG {}", opts.cfg))).chain(opts.guided_cfg.map(|g| (true, format!("CFG {g}")))).collect();
+    for (is_guided, label) in &looks {
+        for method in ["cat", "cat+blank"] {
+            all_claims.extend(claims(&at(*is_guided), method, label));
+        }
+    }
+    let results = DemoResults { settings: opts.clone(), methods, claims: all_claims, seconds: started.elapsed().as_secs_f64() };
     let mut notes = String::from("<h2>The paper's claims in this run</h2><ul>");
     for c in &results.claims {
         notes.push_str(&format!("<li>{} {}</li>", if c.holds { "&#10003;" } else { "&#10007; does not hold:" }, c.claim));
     }
-    notes.push_str(&format!("</ul><h2>Colours of the trigger-less class images (guidance {})</h2><ul>", opts.cfg));
+    notes.push_str("</ul><h2>Every method at each guidance</h2><table><tr><th>method</th><th>guidance</th><th>KPS</th><th>identity</th><th>prompt</th><th>diversity</th><th>copy rate</th><th>colour diversity</th><th>colours of the class images</th></tr>");
     for (name, m) in &results.methods {
-        notes.push_str(&format!("<li>{name}: {}</li>", colour_summary(&m.colours)));
-    }
-    if let Some(cfg) = opts.guided_cfg {
-        notes.push_str(&format!(
-            "</ul><h2>The same class prompts with guidance {cfg}</h2><p class=\"note\">Guidance subtracts {} times whatever an adapter changes in the unconditional prediction, which no method here trains.</p><ul>",
-            cfg - 1.0
-        ));
-        for (name, m) in &results.methods {
-            if let Some(t) = &m.guided {
-                notes.push_str(&format!(
-                    "<li>{name}: colour diversity {:.2}, copy rate {:.2}; {}</li>",
-                    t.colour_diversity,
-                    t.copy_rate,
-                    colour_summary(&t.colours)
-                ));
-            }
+        let rows = std::iter::once((opts.cfg, &m.metrics)).chain(opts.guided_cfg.zip(m.guided.as_ref()));
+        for (cfg, x) in rows {
+            notes.push_str(&format!(
+                "<tr><td>{name}</td><td>{cfg}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td></tr>",
+                x.kps.map_or("-".into(), |k| format!("{k:.4}")),
+                x.identity_similarity,
+                x.prompt_similarity,
+                x.diversity,
+                x.copy_rate,
+                x.colour_diversity,
+                colour_summary(&x.colours)
+            ));
         }
     }
-    notes.push_str("</ul><p class=\"note\">copy rate: share of trigger-less class images that copy the personal object's cyan-and-pink look. colour diversity: effective number of dominant colours, exp(entropy), among those images. Both read off the pixels with the toy world's ground-truth classifiers.</p>");
-    write_outputs(&eval_opts.out, &g.results, &adapters, "catlora demo: LoRA, CAT and DreamBooth in the shapes world", &notes)?;
+    notes.push_str("</table><p class=\"note\">Guidance g subtracts g - 1 times whatever an adapter changes in the unconditional prediction, which only the blank target trains. copy rate: share of trigger-less class images that copy the personal object's cyan-and-pink look. colour diversity: effective number of dominant colours, exp(entropy), among those images. Both read off the pixels with the toy world's ground-truth classifiers.</p>");
+    let title = "catlora demo: LoRA, CAT, the preservation targets, DCO and DreamBooth in the shapes world";
+    write_outputs(&eval_opts.out, &g.results, &adapters, title, &notes)?;
     std::fs::copy(eval_opts.out.join("report.html"), out.join("report.html.tmp")).context("copying the report")?;
     std::fs::rename(out.join("report.html.tmp"), out.join("report.html")).context("moving the report into place")?;
     crate::io::atomic::write(&out.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
     Ok(results)
+}
+
+/// One evaluation (every model, with and without the trigger, CLIP scores) and each model's
+/// metrics with the ground truth of its trigger-less images.
+fn measured(opts: &EvalOptions, progress: &mut dyn DemoProgress) -> Result<(Generated, BTreeMap<String, Metrics>)> {
+    let g = evaluate(opts, |m| progress.message(m))?;
+    let mut out = BTreeMap::new();
+    for m in &g.results.models {
+        let Truth { copy_rate, colour_diversity, colours } = ground_truth(&opts.out, &g.results, &m.name)?;
+        let metrics = Metrics {
+            kps: m.kps,
+            identity_similarity: m.identity_similarity,
+            prompt_similarity: m.prompt_similarity,
+            diversity: m.diversity,
+            copy_rate,
+            colour_diversity,
+            colours,
+        };
+        out.insert(m.name.clone(), metrics);
+    }
+    Ok((g, out))
 }
 
 #[cfg(test)]

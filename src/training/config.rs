@@ -1,5 +1,6 @@
 //! Every training setting, read from the command line or from a TOML file (`--config`), with the
 //! paper's defaults where the paper sets one.
+use super::objective::Preserve;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,9 @@ pub enum Method {
     Lora,
     /// DreamBooth prior preservation: the diffusion loss on class images, weighted.
     Dreambooth,
+    /// Direct Consistency Optimization (Lee et al. 2024): the diffusion loss measured against the
+    /// adapter-off UNet's, `−log σ(−β (d − d_ref))`.
+    Dco,
 }
 
 impl Method {
@@ -21,6 +25,7 @@ impl Method {
             Method::Cat => "cat",
             Method::Lora => "lora",
             Method::Dreambooth => "dreambooth",
+            Method::Dco => "dco",
         }
     }
 }
@@ -65,6 +70,56 @@ impl SavePrecision {
     }
 }
 
+/// One preservation term and its weight: `trigger-less:1`, `class:0.5`, `blank` (weight 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PreserveWeight {
+    pub target: Preserve,
+    pub weight: f64,
+}
+
+impl std::str::FromStr for PreserveWeight {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let (name, weight) = match text.trim().split_once(':') {
+            Some((n, w)) => (n.trim(), w.trim().parse::<f64>().map_err(|_| format!("`{text}`: the weight `{w}` is not a number"))?),
+            None => (text.trim(), 1.0),
+        };
+        let target = Preserve::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = Preserve::ALL.iter().map(|p| p.name()).collect();
+            format!("`{text}`: unknown preservation target `{name}` (use {})", names.join(", "))
+        })?;
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(format!("`{text}`: the weight must be a number of at least 0"));
+        }
+        Ok(Self { target, weight })
+    }
+}
+
+impl Serialize for PreserveWeight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}:{}", self.target.name(), self.weight))
+    }
+}
+
+/// `--preserve`'s list: `trigger-less:1,blank:1` (one string), or a list of such items.
+pub fn parse_preserve(text: &str) -> std::result::Result<Vec<PreserveWeight>, String> {
+    text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::parse).collect()
+}
+
+fn preserve_list<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<PreserveWeight>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    let text = match Either::deserialize(d)? {
+        Either::List(v) => v.join(","),
+        Either::Text(t) => t,
+    };
+    parse_preserve(&text).map_err(serde::de::Error::custom)
+}
+
 /// One concept: a folder of images and the trigger that names it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Concept {
@@ -97,6 +152,15 @@ pub struct TrainConfig {
     pub method: Method,
     /// λ of the CAT term (the paper's default 1).
     pub cat_weight: f64,
+    /// The preservation terms and their weights, e.g. `trigger-less:1,blank:1` (any method).
+    /// Empty: the method's own (CAT: `trigger-less:<cat_weight>`; the others: none).
+    #[serde(deserialize_with = "preserve_list")]
+    pub preserve: Vec<PreserveWeight>,
+    /// Compute the preservation terms on every k-th step only, weighted k times, so that the
+    /// expected gradient is unchanged (1 = every step).
+    pub preserve_every: usize,
+    /// DCO's β (the DCO authors' default 1000).
+    pub dco_beta: f64,
     /// Weight of the DreamBooth prior loss.
     pub prior_weight: f64,
     /// Class images per concept for DreamBooth (generated when the folder has fewer).
@@ -130,6 +194,13 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     pub resolution: usize,
     pub random_crop: bool,
+    /// Train each image at the size of its aspect-ratio bucket (kohya's `enable_bucket`) instead
+    /// of a `resolution` square: sides of multiples of `bucket_reso_steps` from `min_bucket_reso`
+    /// to `max_bucket_reso`, area about `resolution²`, batches drawn within one size.
+    pub enable_bucket: bool,
+    pub min_bucket_reso: usize,
+    pub max_bucket_reso: usize,
+    pub bucket_reso_steps: usize,
     pub flip: bool,
     /// Probability that a step trains an image with an empty caption (kohya's caption dropout).
     pub caption_dropout: f64,
@@ -151,6 +222,20 @@ pub struct TrainConfig {
     #[serde(deserialize_with = "prompts_or_file")]
     pub sample_prompts: Vec<String>,
     pub sample_steps: usize,
+    /// Evaluate the adapter every N steps (0 = never): KPS, identity and prompt similarity of a
+    /// small fixed image set, logged and plotted in the report. Needs `clip`.
+    pub eval_every: usize,
+    /// The evaluation prompts (a list, or a prompt file); `"<trigger>, <class>"` per concept
+    /// when empty.
+    #[serde(deserialize_with = "prompts_or_file")]
+    pub eval_prompts: Vec<String>,
+    /// Seeds per evaluation prompt (the same seeds every time).
+    pub eval_seeds: usize,
+    /// The CLIP model folder the evaluations score with.
+    pub clip: Option<PathBuf>,
+    /// Also write `<out stem>-best.safetensors`: of the evaluated steps whose identity is within
+    /// 5 % of the best identity, the one with the highest KPS.
+    pub keep_best: bool,
     pub format: FileFormat,
     /// Element type of the written LoRA file.
     pub save_precision: SavePrecision,
@@ -218,6 +303,9 @@ impl Default for TrainConfig {
             out: PathBuf::new(),
             method: Method::Cat,
             cat_weight: 1.0,
+            preserve: Vec::new(),
+            preserve_every: 1,
+            dco_beta: 1000.0,
             prior_weight: 1.0,
             class_images: 50,
             // Rank 4 is what LoRA users expect; the paper's rank 1 is `--rank 1`.
@@ -240,6 +328,10 @@ impl Default for TrainConfig {
             grad_accum: 1,
             resolution: 512,
             random_crop: false,
+            enable_bucket: false,
+            min_bucket_reso: 256,
+            max_bucket_reso: 1024,
+            bucket_reso_steps: 64,
             flip: false,
             caption_dropout: 0.0,
             shuffle_caption: false,
@@ -251,6 +343,11 @@ impl Default for TrainConfig {
             sample_every: 0,
             sample_prompts: Vec::new(),
             sample_steps: 20,
+            eval_every: 0,
+            eval_prompts: Vec::new(),
+            eval_seeds: 4,
+            clip: None,
+            keep_best: false,
             format: FileFormat::Kohya,
             save_precision: SavePrecision::Fp16,
             caption_extension: ".txt".into(),
@@ -276,7 +373,7 @@ impl TrainConfig {
         if self.concepts.is_empty() {
             bail!("no training data: give --data and --trigger (or `concepts` in the config file)");
         }
-        let counts: [(&str, usize, usize, usize); 7] = [
+        let counts: [(&str, usize, usize, usize); 9] = [
             ("rank", self.rank, 1, MAX_RANK),
             ("steps", self.steps, 1, 100_000_000),
             ("batch", self.batch, 1, 64),
@@ -284,17 +381,20 @@ impl TrainConfig {
             ("resolution", self.resolution, 8, crate::limits::MAX_GENERATE_SIDE),
             ("class-images", self.class_images, 1, 100_000),
             ("sample-steps", self.sample_steps, 1, 1000),
+            ("preserve-every", self.preserve_every, 1, 1000),
+            ("eval-seeds", self.eval_seeds, 2, 1000),
         ];
         for (name, v, lo, hi) in counts {
             if !(lo..=hi).contains(&v) {
                 bail!("--{name} {v} is out of range: use {lo} to {hi}");
             }
         }
-        let reals: [(&str, f64, bool, &str); 10] = [
+        let reals: [(&str, f64, bool, &str); 11] = [
             ("lr", self.lr, self.lr > 0.0, "a positive number"),
             ("alpha", self.alpha as f64, self.alpha >= 0.0, "a number of at least 0"),
             ("cat-weight", self.cat_weight, self.cat_weight >= 0.0, "a number of at least 0"),
             ("prior-weight", self.prior_weight, self.prior_weight >= 0.0, "a number of at least 0"),
+            ("dco-beta", self.dco_beta, self.dco_beta > 0.0, "a positive number"),
             ("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)"),
             ("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)"),
             ("eps", self.eps, self.eps > 0.0, "a positive number"),
@@ -319,6 +419,38 @@ impl TrainConfig {
         }
         if !(self.noise_offset.is_finite() && (0.0..=1.0).contains(&self.noise_offset)) {
             bail!("--noise-offset {} must be in [0, 1]", self.noise_offset);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.preserve {
+            if !seen.insert(p.target) {
+                bail!("--preserve names `{}` twice", p.target.name());
+            }
+            if p.target == Preserve::Class
+                && let Some(c) = self.concepts.iter().find(|c| c.class.is_none())
+            {
+                bail!("--preserve class needs the class word of the concept `{}`: give --class", c.trigger);
+            }
+        }
+        if !self.preserve.is_empty() && self.cat_weight != 1.0 {
+            bail!(
+                "--cat-weight {} and --preserve together: give the trigger-less weight in --preserve (`trigger-less:{}`)",
+                self.cat_weight,
+                self.cat_weight
+            );
+        }
+        if self.eval_every > 0 && self.clip.is_none() {
+            bail!("--eval-every {} needs --clip DIR (the CLIP model the evaluations score with)", self.eval_every);
+        }
+        if self.keep_best && self.eval_every == 0 {
+            bail!("--keep-best picks among evaluated steps: give --eval-every N and --clip DIR");
+        }
+        for line in &self.eval_prompts {
+            if line.trim().is_empty() {
+                bail!("an empty evaluation prompt in --eval-prompts");
+            }
+        }
+        if let Some(spec) = self.buckets() {
+            spec.validate()?;
         }
         for line in &self.sample_prompts {
             super::sample_prompt::parse(line, &crate::pipeline::txt2img::GenerateParams::default())?;
@@ -350,11 +482,35 @@ impl TrainConfig {
         self.caption_dropout > 0.0 || self.shuffle_caption
     }
 
-    /// λ as the method defines it.
-    pub fn lambda(&self) -> f64 {
-        match self.method {
-            Method::Cat => self.cat_weight,
-            Method::Lora | Method::Dreambooth => 0.0,
+    /// The aspect-ratio buckets, when bucketing is on.
+    pub fn buckets(&self) -> Option<super::buckets::BucketSpec> {
+        self.enable_bucket.then_some(super::buckets::BucketSpec {
+            resolution: self.resolution,
+            min: self.min_bucket_reso,
+            max: self.max_bucket_reso,
+            step: self.bucket_reso_steps,
+        })
+    }
+
+    /// The training image sizes (width, height) a run may use: every bucket, or the square.
+    pub fn training_sizes(&self) -> Vec<(usize, usize)> {
+        match self.buckets() {
+            Some(spec) => spec.resolutions(),
+            None => vec![(self.resolution, self.resolution)],
         }
+    }
+
+    /// The preservation terms of the run: `--preserve`, or the method's own.
+    pub fn preserve_terms(&self) -> Vec<PreserveWeight> {
+        match (self.preserve.is_empty(), self.method) {
+            (false, _) => self.preserve.clone(),
+            (true, Method::Cat) => vec![PreserveWeight { target: Preserve::TriggerLess, weight: self.cat_weight }],
+            (true, _) => Vec::new(),
+        }
+    }
+
+    /// λ, the weight of the trigger-less (CAT) term; 0 without one.
+    pub fn lambda(&self) -> f64 {
+        self.preserve_terms().iter().find(|p| p.target == Preserve::TriggerLess).map_or(0.0, |p| p.weight)
     }
 }

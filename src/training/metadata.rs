@@ -77,7 +77,14 @@ pub fn portable_config(cfg: &TrainConfig) -> Result<Value> {
 }
 
 /// Every key of a run's adapter after `step` of `cfg.steps` steps.
-pub fn adapter_metadata(cfg: &TrainConfig, base: &BaseModel, dirs: &[DatasetDir], step: usize) -> Result<BTreeMap<String, String>> {
+/// `buckets`: how many images (repeats counted) train at each size (width, height).
+pub fn adapter_metadata(
+    cfg: &TrainConfig,
+    base: &BaseModel,
+    dirs: &[DatasetDir],
+    buckets: &BTreeMap<(u32, u32), usize>,
+    step: usize,
+) -> Result<BTreeMap<String, String>> {
     let output_name = cfg.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let triggers: Vec<&str> = cfg.concepts.iter().map(|c| c.trigger.as_str()).collect();
     let py_bool = |b: bool| if b { "True" } else { "False" }.to_string();
@@ -89,6 +96,11 @@ pub fn adapter_metadata(cfg: &TrainConfig, base: &BaseModel, dirs: &[DatasetDir]
     put("catlora_method", cfg.method.name().into());
     put("catlora_trigger", triggers.join(","));
     put("catlora_cat_weight", format!("{lambda}"));
+    let preserve: Vec<String> = cfg.preserve_terms().iter().map(|p| format!("{}:{}", p.target.name(), p.weight)).collect();
+    put("catlora_preserve", preserve.join(","));
+    if cfg.method == Method::Dco {
+        put("catlora_dco_beta", format!("{}", cfg.dco_beta));
+    }
     put("catlora_config", serde_json::to_string(&portable_config(cfg)?)?);
     put("ss_output_name", output_name.clone());
     put("ss_sd_model_name", base.name.clone());
@@ -113,6 +125,18 @@ pub fn adapter_metadata(cfg: &TrainConfig, base: &BaseModel, dirs: &[DatasetDir]
     put("ss_min_snr_gamma", format!("{}", cfg.min_snr_gamma));
     put("ss_flip_aug", py_bool(cfg.flip));
     put("ss_random_crop", py_bool(cfg.random_crop));
+    put("ss_enable_bucket", py_bool(cfg.enable_bucket));
+    if cfg.enable_bucket {
+        put("ss_min_bucket_reso", cfg.min_bucket_reso.to_string());
+        put("ss_max_bucket_reso", cfg.max_bucket_reso.to_string());
+        put("ss_bucket_no_upscale", py_bool(false));
+        let list: serde_json::Map<String, Value> = buckets
+            .iter()
+            .enumerate()
+            .map(|(i, (&(w, h), &count))| (i.to_string(), json!({"resolution": [w, h], "count": count})))
+            .collect();
+        put("ss_bucket_info", serde_json::to_string(&json!({ "buckets": list }))?);
+    }
     if cfg.method == Method::Dreambooth {
         put("ss_prior_loss_weight", format!("{}", cfg.prior_weight));
     }
@@ -193,7 +217,7 @@ mod tests {
         let mut dir = DatasetDir { name: "10_sks teapot".into(), repeats: 10, images: 2, ..Default::default() };
         dir.count_caption("sks teapot, on a table");
         dir.count_caption("sks teapot,  ");
-        let m = adapter_metadata(&cfg, &BaseModel::new(768, false, &cfg.model), &[dir], 900).unwrap();
+        let m = adapter_metadata(&cfg, &BaseModel::new(768, false, &cfg.model), &[dir], &BTreeMap::new(), 900).unwrap();
         for (k, v) in &m {
             assert!(!v.contains("/home/me"), "{k} holds an absolute path: {v}");
         }

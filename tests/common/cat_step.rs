@@ -6,7 +6,7 @@ use catlora::models::clip_text::ClipTextModel;
 use catlora::models::config::{ClipTextConfig, UNetConfig};
 use catlora::models::unet::UNet;
 use catlora::models::weights::{Weights, transpose};
-use catlora::training::objective::{StepInputs, cat_gradients};
+use catlora::training::objective::{Preserve, PreserveTerm, StepInputs, cat_gradients};
 use catlora::training::params::{AdapterParams, Params, host};
 
 pub const FORMATS: [&str; 2] = ["lora-kohya/lora.safetensors", "lora-diffusers/pytorch_lora_weights.safetensors"];
@@ -19,7 +19,10 @@ pub fn read_lora(unet: &mut UNet, rel: &str) -> LoraFile {
 /// One CAT step from a fixture: the LoRA `lora` (PEFT file) on the UNet of `model`, the reference
 /// tensors `cat_*` of `refs` (the target is ε, or the velocity for a v-prediction model) and the
 /// gradient of every LoRA tensor in `grads`.
-pub fn check_cat_step(dev: &Device, model: &str, refs: &str, lora: &str, grads_file: &str, target: &str) {
+///
+/// `preserve` names the preservation target that carries the trigger-less captions: every target
+/// runs the same term with its own captions, so each is checked against peft's CAT term.
+pub fn check_cat_step(dev: &Device, model: &str, refs: &str, lora: &str, grads_file: &str, target: &str, preserve: Preserve) {
     let r = catlora::io::safetensors::SafeTensorsFile::open(&fixtures().join(refs)).unwrap();
     let load_unet = || {
         let dir = fixtures().join(model).join("unet");
@@ -56,17 +59,21 @@ pub fn check_cat_step(dev: &Device, model: &str, refs: &str, lora: &str, grads_f
     assert_close(&format!("{model} target"), &values(own_target), &r.f32(target).unwrap().1, 1e-6);
     let cond_trigger = hidden.narrow(0, 0, 1);
     let (ct, cp) = (|| cond_trigger.clone(), || cond_plain.clone());
+    let lambda = r.f32("cat_lambda").unwrap().1[0] as f64;
     let inputs = StepInputs {
         zt: tensor(&r, "cat_zt", dev),
         timesteps: vec![t[0] as f64],
         target: tensor(&r, target, dev),
         cond_trigger: &ct,
-        cond_plain: Some(&cp),
+        preserve: vec![PreserveTerm { target: preserve, cond: &cp, weight: lambda }],
+        dco_beta: None,
         sample_weights: None,
         prior: None,
     };
-    let lambda = r.f32("cat_lambda").unwrap().1[0] as f64;
-    let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs, lambda).unwrap();
+    let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs).unwrap();
+    // The term's value, under the name of whichever target carried the trigger-less captions.
+    let mut terms = terms;
+    terms.cat = *terms.preserve_mut(preserve);
     for (name, got) in [("cat_loss_diffusion", terms.diffusion), ("cat_loss_cat", terms.cat), ("cat_loss_total", terms.total)] {
         let want = r.f32(name).unwrap().1[0] as f64;
         assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} {name}: {got} vs {want}");
@@ -89,4 +96,10 @@ pub fn check_cat_step(dev: &Device, model: &str, refs: &str, lora: &str, grads_f
         worst = worst.max(e);
     }
     eprintln!("{model} on {dev:?}: {} gradients, worst relative error {worst:e}", grads.len());
+}
+
+/// [`check_cat_step`] on the epsilon fixture (`tiny-sd`, the diffusers LoRA), with `preserve`
+/// carrying the trigger-less captions.
+pub fn check_fixture_cat_step(dev: &Device, preserve: Preserve) {
+    check_cat_step(dev, "tiny-sd", "reference.safetensors", FORMATS[1], "cat-step-grads.safetensors", "cat_eps", preserve);
 }
