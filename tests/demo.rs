@@ -64,3 +64,49 @@ fn demo_runs_on_the_embedded_models_and_shows_the_claims() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Every file's bytes under `dir`, by relative path.
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn demo_results_do_not_depend_on_the_number_of_threads() {
+    let run = |jobs: &str| {
+        // One folder for both runs: the checkpoints record where the adapter was written.
+        let out = std::env::temp_dir().join(format!("catlora-demo-jobs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let args = ["demo", "--steps", "12", "--seeds", "2", "--preserve-every", "2", "--jobs", jobs, "--out"];
+        let o = Command::new(env!("CARGO_BIN_EXE_catlora")).args(args).arg(&out).output().unwrap();
+        assert!(o.status.success(), "demo --jobs {jobs} failed: {}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+        assert_eq!(r["settings"]["preserve_every"], 2);
+        // Adapters, training logs and every generated image, byte for byte; the scores.
+        let mut f = files(&out.join("adapters"));
+        for look in ["eval", "guided"] {
+            f.extend(files(&out.join(look).join("images")).into_iter().map(|(k, v)| (format!("{look}/{k}"), v)));
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+        (f, r["methods"].clone(), r["claims"].clone())
+    };
+    let (one, three) = (run("1"), run("3"));
+    assert!(one.0.keys().any(|k| k.ends_with("cat+blank.safetensors")) && one.0.keys().any(|k| k.starts_with("guided/")));
+    assert_eq!(one.0.keys().collect::<Vec<_>>(), three.0.keys().collect::<Vec<_>>());
+    for (k, v) in &one.0 {
+        assert!(three.0[k] == *v, "{k} differs between 1 and 3 threads");
+    }
+    assert_eq!(one.1, three.1);
+    assert_eq!(one.2, three.2);
+}

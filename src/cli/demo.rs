@@ -46,6 +46,15 @@ pub struct DemoArgs {
     /// `cpu` or `vulkan[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Preservation terms on every K-th step only, weighted K times (the expected gradient is
+    /// unchanged) [default: 1, every step].
+    #[arg(long, value_name = "K")]
+    pub preserve_every: Option<usize>,
+    /// Adapters trained and models evaluated at a time, each thread with its own copy of the
+    /// models; the results are the same for any number [default: the CPU's threads with the
+    /// embedded models, 1 with --models].
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 struct Stages {
@@ -91,6 +100,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
             None => d.guided_cfg,
         },
         device: a.device,
+        preserve_every: a.preserve_every.unwrap_or(d.preserve_every),
+        jobs: a.jobs.unwrap_or_else(|| match a.models {
+            Some(_) => 1,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        }),
         ..d
     };
     opts.validate()?;

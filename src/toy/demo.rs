@@ -19,16 +19,18 @@
 //! 3) as users sample. The methods train the conditional prediction; guidance adds a move of the
 //! unconditional one, which only the `blank` target trains. The claims are tested at both.
 use super::world;
-use crate::evaluation::eval::{EvalOptions, EvalResults, Generated, evaluate, write_outputs};
+use crate::evaluation::eval::{EvalOptions, EvalResults, Generated, evaluate_all, write_outputs};
 use crate::io::image::{RgbImage, load_rgb, save_png};
 use crate::schedulers::SamplerKind;
 use crate::training::config::{Concept, Method, PreserveWeight, SavePrecision, TrainConfig};
-use crate::training::objective::Preserve;
+use crate::training::objective::{LossTerms, Preserve};
 use crate::training::trainer::{Progress, train};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 pub const TRIGGER: &str = "sks";
@@ -61,6 +63,11 @@ pub struct DemoOptions {
     /// skips it.
     pub guided_cfg: Option<f64>,
     pub device: String,
+    /// Preservation terms on every `preserve_every`-th step only, weighted that many times.
+    pub preserve_every: usize,
+    /// Adapters trained and models evaluated at a time; the results do not depend on it.
+    #[serde(skip)]
+    pub jobs: usize,
 }
 
 impl Default for DemoOptions {
@@ -81,6 +88,8 @@ impl Default for DemoOptions {
             cfg: 1.0,
             guided_cfg: Some(3.0),
             device: "cpu".into(),
+            preserve_every: 1,
+            jobs: 1,
         }
     }
 }
@@ -94,15 +103,20 @@ impl DemoOptions {
             ("the demo needs at least 1 image of the personal object".to_string(), self.images == 0),
             (format!("--seeds {}: at least 2 seeds per prompt (diversity compares images of one prompt)", self.seeds), self.seeds < 2),
             (format!("--cfg {}: guidance must be a positive number", self.cfg), !guidance(self.cfg)),
+            (format!("--jobs {}: at least 1", self.jobs), self.jobs == 0),
             (
                 format!("--guided-cfg {}: guidance must be 0 (skip) or a positive number", self.guided_cfg.unwrap_or(0.0)),
                 self.guided_cfg.is_some_and(|g| !guidance(g)),
             ),
         ];
-        match checks.into_iter().find(|(_, bad)| *bad) {
-            Some((msg, _)) => bail!("{msg}"),
-            None => Ok(()),
+        if let Some((msg, _)) = checks.into_iter().find(|(_, bad)| *bad) {
+            bail!("{msg}");
         }
+        // Every setting a training run would refuse, before any work.
+        for (_, cfg) in train_configs(self, Path::new("models")) {
+            cfg.validate()?;
+        }
+        Ok(())
     }
 }
 
@@ -228,6 +242,45 @@ fn claims(m: &BTreeMap<String, &Metrics>, method: &str, label: &str) -> Vec<Clai
     ]
 }
 
+/// One training run per variant of [`VARIANTS`], with the models in `models`.
+fn train_configs(opts: &DemoOptions, models: &Path) -> Vec<(&'static str, TrainConfig)> {
+    let data = opts.out.join("data");
+    let mut runs = Vec::new();
+    for (name, method, preserve) in VARIANTS {
+        let cfg = TrainConfig {
+            model: models.join("sd"),
+            concepts: vec![Concept {
+                data: data.clone(),
+                trigger: TRIGGER.into(),
+                class: Some("a circle".into()),
+                class_data: None,
+                repeats: 1,
+            }],
+            out: opts.out.join("adapters").join(format!("{name}.safetensors")),
+            method,
+            // CAT's own term, or the listed targets, each weighted λ.
+            cat_weight: if preserve.is_empty() { opts.cat_weight } else { 1.0 },
+            preserve: preserve.iter().map(|&target| PreserveWeight { target, weight: opts.cat_weight }).collect(),
+            preserve_every: opts.preserve_every,
+            prior_weight: opts.prior_weight,
+            class_images: opts.class_images,
+            rank: opts.rank,
+            alpha: opts.rank as f32,
+            lr: opts.lr,
+            steps: opts.steps,
+            resolution: world::SIZE,
+            seed: opts.seed,
+            sample_steps: opts.sample_steps,
+            device: opts.device.clone(),
+            // The demo's measured numbers were made with full-precision adapters.
+            save_precision: SavePrecision::Fp32,
+            ..Default::default()
+        };
+        runs.push((name, cfg));
+    }
+    runs
+}
+
 /// Reports stages and training steps.
 pub trait DemoProgress: Progress {
     fn stage(&mut self, msg: &str);
@@ -238,51 +291,21 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     let started = Instant::now();
     let out = &opts.out;
     let data = out.join("data");
+    let sd = models.join("sd");
+    let clip = models.join("clip");
+    let resolution = world::SIZE;
+
+    let runs = train_configs(opts, models);
     progress.stage(&format!("drawing {} images of the personal object into {}", opts.images, data.display()));
     for (k, (img, _, caption)) in world::personal_objects(opts.seed, opts.images, TRIGGER, &world::Background::ALL).into_iter().enumerate()
     {
         save_png(&data.join(format!("{k:02}.png")), img.as_raw(), img.width(), img.height(), &[])?;
         crate::io::atomic::write(&data.join(format!("{k:02}.txt")), caption.as_bytes())?;
     }
-    let sd = models.join("sd");
-    let clip = models.join("clip");
-    let resolution = world::SIZE;
-
-    let mut adapters = Vec::new();
-    for (name, method, preserve) in VARIANTS {
-        let file = out.join("adapters").join(format!("{name}.safetensors"));
-        let cfg = TrainConfig {
-            model: sd.clone(),
-            concepts: vec![Concept {
-                data: data.clone(),
-                trigger: TRIGGER.into(),
-                class: Some("a circle".into()),
-                class_data: None,
-                repeats: 1,
-            }],
-            out: file.clone(),
-            method,
-            // CAT's own term, or the listed targets, each weighted λ.
-            cat_weight: if preserve.is_empty() { opts.cat_weight } else { 1.0 },
-            preserve: preserve.iter().map(|&target| PreserveWeight { target, weight: opts.cat_weight }).collect(),
-            prior_weight: opts.prior_weight,
-            class_images: opts.class_images,
-            rank: opts.rank,
-            alpha: opts.rank as f32,
-            lr: opts.lr,
-            steps: opts.steps,
-            resolution,
-            seed: opts.seed,
-            sample_steps: opts.sample_steps,
-            device: opts.device.clone(),
-            // The demo's measured numbers were made with full-precision adapters.
-            save_precision: SavePrecision::Fp32,
-            ..Default::default()
-        };
-        progress.stage(&format!("training {name} ({} steps)", opts.steps));
-        train(&cfg, None, progress).with_context(|| format!("training the {name} adapter"))?;
-        adapters.push(file);
-    }
+    let names: Vec<&str> = runs.iter().map(|(name, _)| *name).collect();
+    progress.stage(&format!("training {} ({} steps each, {} at a time)", names.join(", "), opts.steps, opts.jobs.min(runs.len())));
+    train_all(&runs, opts.jobs, progress)?;
+    let adapters: Vec<PathBuf> = runs.iter().map(|(_, cfg)| cfg.out.clone()).collect();
 
     let eval_opts = EvalOptions {
         model: sd,
@@ -302,15 +325,13 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
         out: out.join("eval"),
         device: opts.device.clone(),
     };
-    progress.stage(&format!("generating and scoring the evaluation images (guidance {})", opts.cfg));
-    let (mut g, plain) = measured(&eval_opts, progress)?;
-    let mut guided = match opts.guided_cfg {
-        Some(cfg) => {
-            progress.stage(&format!("the same with guidance {cfg}"));
-            measured(&EvalOptions { cfg, out: out.join("guided"), ..eval_opts.clone() }, progress)?.1
-        }
-        None => BTreeMap::new(),
-    };
+    let mut looks = vec![eval_opts.clone()];
+    looks.extend(opts.guided_cfg.map(|cfg| EvalOptions { cfg, out: out.join("guided"), ..eval_opts.clone() }));
+    let guidances: Vec<String> = looks.iter().map(|l| l.cfg.to_string()).collect();
+    progress.stage(&format!("generating and scoring the evaluation images (guidance {})", guidances.join(" and ")));
+    let mut measured = measured(&looks, opts.jobs, progress)?.into_iter();
+    let (mut g, plain) = measured.next().context("the unguided evaluation")?;
+    let mut guided = measured.next().map(|(_, m)| m).unwrap_or_default();
     let mut methods = BTreeMap::new();
     for m in g.results.models.iter_mut() {
         let metrics = plain.get(&m.name).context("metrics of a scored model")?.clone();
@@ -359,25 +380,87 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     Ok(results)
 }
 
-/// One evaluation (every model, with and without the trigger, CLIP scores) and each model's
+/// The evaluations (every model, with and without the trigger, CLIP scores) and each model's
 /// metrics with the ground truth of its trigger-less images.
-fn measured(opts: &EvalOptions, progress: &mut dyn DemoProgress) -> Result<(Generated, BTreeMap<String, Metrics>)> {
-    let g = evaluate(opts, |m| progress.message(m))?;
-    let mut out = BTreeMap::new();
-    for m in &g.results.models {
-        let Truth { copy_rate, colour_diversity, colours } = ground_truth(&opts.out, &g.results, &m.name)?;
-        let metrics = Metrics {
-            kps: m.kps,
-            identity_similarity: m.identity_similarity,
-            prompt_similarity: m.prompt_similarity,
-            diversity: m.diversity,
-            copy_rate,
-            colour_diversity,
-            colours,
-        };
-        out.insert(m.name.clone(), metrics);
+fn measured(looks: &[EvalOptions], jobs: usize, progress: &mut dyn DemoProgress) -> Result<Vec<(Generated, BTreeMap<String, Metrics>)>> {
+    let generated = evaluate_all(looks, jobs, |m| progress.message(m))?;
+    let mut all = Vec::new();
+    for (opts, g) in looks.iter().zip(generated) {
+        let mut out = BTreeMap::new();
+        for m in &g.results.models {
+            let Truth { copy_rate, colour_diversity, colours } = ground_truth(&opts.out, &g.results, &m.name)?;
+            let metrics = Metrics {
+                kps: m.kps,
+                identity_similarity: m.identity_similarity,
+                prompt_similarity: m.prompt_similarity,
+                diversity: m.diversity,
+                copy_rate,
+                colour_diversity,
+                colours,
+            };
+            out.insert(m.name.clone(), metrics);
+        }
+        all.push((g, out));
     }
-    Ok((g, out))
+    Ok(all)
+}
+
+/// What a training thread reports to the demo's progress.
+enum Event {
+    Step(LossTerms, f64),
+    Message(String),
+}
+
+struct Forward {
+    name: &'static str,
+    tx: mpsc::Sender<Event>,
+}
+
+impl Progress for Forward {
+    fn step(&mut self, _step: usize, terms: &LossTerms, lr: f64) {
+        drop(self.tx.send(Event::Step(*terms, lr)));
+    }
+    fn message(&mut self, msg: &str) {
+        drop(self.tx.send(Event::Message(format!("{}: {msg}", self.name))));
+    }
+}
+
+/// Trains the adapters, `jobs` at a time. Each run reads only its own settings and the shared
+/// training images and writes only its own files, so the adapters are the same bytes for any
+/// number of threads.
+fn train_all(runs: &[(&'static str, TrainConfig)], jobs: usize, progress: &mut dyn DemoProgress) -> Result<()> {
+    progress.start(0, runs.iter().map(|(_, cfg)| cfg.steps).sum());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel();
+    let outcomes: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..jobs.clamp(1, runs.len()))
+            .map(|_| {
+                let tx = tx.clone();
+                let (next, failed) = (&next, &failed);
+                s.spawn(move || -> Result<()> {
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some((name, cfg)) = runs.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        let outcome = train(cfg, None, &mut Forward { name, tx: tx.clone() });
+                        if let Err(e) = outcome {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e.context(format!("training the {name} adapter")));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        drop(tx);
+        for (k, event) in rx.iter().enumerate() {
+            match event {
+                Event::Step(terms, lr) => progress.step(k + 1, &terms, lr),
+                Event::Message(msg) => progress.message(&msg),
+            }
+        }
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    outcomes.into_iter().collect()
 }
 
 #[cfg(test)]
