@@ -5,7 +5,7 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use catlora::models::clip_text::ClipTextModel;
 use catlora::models::config::{ClipTextConfig, UNetConfig};
-use catlora::models::layers::ParamVisitor;
+use catlora::models::layers::{ParamVisitor, Walk};
 use catlora::models::unet::UNet;
 use catlora::models::weights::Weights;
 use catlora::rng::Rng;

@@ -2,6 +2,7 @@
 mod common;
 use catlora::models::clip_text::ClipTextModel;
 use catlora::models::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use catlora::models::layers::Walk;
 use catlora::models::unet::UNet;
 use catlora::models::vae::Vae;
 use catlora::models::weights::Weights;
@@ -112,4 +113,58 @@ fn unsupported_unet_options_are_errors_naming_them() {
         assert!(err.contains(expect) && err.contains("config.json"), "{field}: {err}");
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Names of every tensor a model's walk visits, in order.
+struct Names(Vec<String>);
+impl catlora::models::layers::ParamVisitor for Names {
+    fn visit1(&mut self, n: &str, _: &mut burn::tensor::Tensor<1>) {
+        self.0.push(n.into())
+    }
+    fn visit2(&mut self, n: &str, _: &mut burn::tensor::Tensor<2>) {
+        self.0.push(n.into())
+    }
+    fn visit4(&mut self, n: &str, _: &mut burn::tensor::Tensor<4>) {
+        self.0.push(n.into())
+    }
+}
+
+/// Each model's one walk reaches every parameter of its diffusers / transformers file once, by
+/// the file's name; the names come from the paths the layers were loaded with.
+#[test]
+fn the_walk_visits_every_tensor_of_the_file_once_by_its_name() {
+    let dev = device();
+    let check = |sub: &str, stem: &str, walk: &mut dyn FnMut(&Weights, &mut Names)| {
+        let dir = fixtures().join("tiny-sd").join(sub);
+        let bytes = std::fs::read(dir.join(format!("{stem}.safetensors"))).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        // transformers keeps `position_ids` as a buffer, not a parameter.
+        let mut want: Vec<String> = file.names().into_iter().filter(|n| !n.ends_with("position_ids")).map(String::from).collect();
+        let mut names = Names(Vec::new());
+        walk(&Weights::open_dir(&dir, stem, &dev).unwrap(), &mut names);
+        let mut got = names.0;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{sub}");
+    };
+    check("unet", "diffusion_pytorch_model", &mut |w, v| {
+        UNet::load(w, &UNetConfig::load(&fixtures().join("tiny-sd/unet/config.json")).unwrap()).unwrap().visit(v)
+    });
+    check("vae", "diffusion_pytorch_model", &mut |w, v| {
+        Vae::load(w, &VaeConfig::load(&fixtures().join("tiny-sd/vae/config.json")).unwrap()).unwrap().visit(v)
+    });
+    check("text_encoder", "model", &mut |w, v| {
+        let cfg = ClipTextConfig::load(&fixtures().join("tiny-sd/text_encoder/config.json")).unwrap();
+        let mut te = ClipTextModel::load(w, &cfg, None).unwrap();
+        te.visit(v);
+        // LoRA module names as kohya and PEFT files give them, in the text encoder's layer order.
+        let targets: Vec<String> = te.lora_targets().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            targets[..6],
+            ["q_proj", "k_proj", "v_proj", "out_proj", "mlp.fc1", "mlp.fc2"].map(|l| {
+                let sep = if l.starts_with("mlp") { "" } else { "self_attn." };
+                format!("text_model.encoder.layers.0.{sep}{l}")
+            })
+        );
+    });
 }

@@ -44,7 +44,7 @@ impl Throughput {
 pub fn embedding_throughput(clip: &mut ClipModel, images: usize, batch: usize) -> Result<Throughput> {
     clip.batch_size = batch.max(1);
     let s = clip.image_size();
-    let c = clip.vision.config.num_channels;
+    let c = clip.towers.vision.config.num_channels;
     let mut rng = crate::rng::Rng::new(1);
     let pixels: Vec<Vec<f32>> = (0..images).map(|_| rng.normal_vec(c * s * s)).collect();
     clip.embed_pixels(&pixels[..batch.min(images)])?;

@@ -2,10 +2,9 @@
 //! and the image preprocessing settings, loaded from one folder. Embeddings are the projected,
 //! L2-normalised features (`CLIPModel.get_text_features` / `get_image_features`, normalised).
 use crate::io::image::{RgbImage, clip_preprocess, load_rgb};
-use crate::models::clip_text::ClipTextModel;
-use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModel};
+use crate::models::clip::Clip;
+use crate::models::clip_vision::ClipVisionConfig;
 use crate::models::config::{ClipTextConfig, read_json};
-use crate::models::layers::Linear;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::weights::Weights;
 use anyhow::{Context, Result, anyhow, bail};
@@ -96,10 +95,7 @@ impl ClipPreprocess {
 }
 
 pub struct ClipModel {
-    pub text: ClipTextModel,
-    text_projection: Linear,
-    pub vision: ClipVisionModel,
-    visual_projection: Linear,
+    pub towers: Clip,
     pub tokenizer: ClipTokenizer,
     pub preprocess: ClipPreprocess,
     pub projection_dim: usize,
@@ -148,40 +144,29 @@ impl ClipModel {
     /// benchmarks) and a parsed config.
     pub fn build(w: &Weights, config: &ClipModelConfig, tokenizer: ClipTokenizer, preprocess: ClipPreprocess) -> Result<Self> {
         let (tc, vc, proj) = (&config.text_config, &config.vision_config, config.projection_dim);
-        Ok(Self {
-            text: ClipTextModel::load(w, tc, Some("text_model"))?,
-            text_projection: Linear::load(w, "text_projection", tc.hidden_size, proj, false)?,
-            vision: ClipVisionModel::load(w, vc, "vision_model")?,
-            visual_projection: Linear::load(w, "visual_projection", vc.hidden_size, proj, false)?,
-            tokenizer,
-            preprocess,
-            projection_dim: proj,
-            batch_size: DEFAULT_BATCH_SIZE,
-        })
+        Ok(Self { towers: Clip::load(w, tc, vc, proj)?, tokenizer, preprocess, projection_dim: proj, batch_size: DEFAULT_BATCH_SIZE })
     }
 
     pub fn device(&self) -> Device {
-        self.text.device()
+        self.towers.text.device()
     }
 
     /// The side of the square pixel-value images the vision tower takes.
     pub fn image_size(&self) -> usize {
-        self.vision.config.image_size
+        self.towers.vision.config.image_size
     }
 
     /// One unit-length embedding per text, in order.
     pub fn embed_texts(&self, texts: &[&str]) -> Vec<Vec<f32>> {
-        let max_len = self.tokenizer.max_len().min(self.text.config.max_position_embeddings);
+        let max_len = self.tokenizer.max_len().min(self.towers.text.config.max_position_embeddings);
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(self.batch_size.max(1)) {
             let mut ids: Vec<Vec<u32>> = chunk.iter().map(|t| self.tokenizer.encode_padded(t, max_len)).collect();
             // Attention is causal, so padding after the longest text's EOS changes nothing: cut it.
-            let eos = self.text.config.eos_token_id;
+            let eos = self.towers.text.config.eos_token_id;
             let used = ids.iter().map(|r| r.iter().position(|&t| t == eos).map_or(r.len(), |p| p + 1)).max().unwrap_or(max_len);
             ids.iter_mut().for_each(|r| r.truncate(used));
-            let hidden = self.text.forward(&ids, 1);
-            let pooled = self.text.pooled(&ids, hidden);
-            out.extend(rows(self.text_projection.forward(pooled)));
+            out.extend(rows(self.towers.text_features(&ids)));
         }
         out
     }
@@ -194,8 +179,7 @@ impl ClipModel {
         let mut out = Vec::with_capacity(n);
         for start in (0..n).step_by(step) {
             let batch = pixel_values.clone().narrow(0, start, step.min(n - start));
-            let pooled = self.vision.pooled(batch)?;
-            out.extend(rows(self.visual_projection.forward(pooled)));
+            out.extend(rows(self.towers.image_features(batch)?));
         }
         Ok(out)
     }
@@ -225,7 +209,7 @@ impl ClipModel {
     /// per image: the seam for image files decoded and preprocessed elsewhere.
     pub fn embed_pixels(&self, images: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         let s = self.image_size();
-        let c = self.vision.config.num_channels;
+        let c = self.towers.vision.config.num_channels;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(self.batch_size.max(1)) {
             let mut flat = Vec::with_capacity(chunk.len() * c * s * s);

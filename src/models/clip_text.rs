@@ -3,17 +3,18 @@
 //! `CLIPModel`, used by the evaluation metrics.
 use super::clip_encoder::ClipEncoderLayer;
 use super::config::ClipTextConfig;
-use super::layers::{LayerNorm, LoraTarget, ParamVisitor, join};
+use super::layers::{Layer, LayerNorm, LoraTarget, Walk};
+use super::path::{Param, Vs};
 use super::weights::Weights;
 use anyhow::Result;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub struct ClipTextModel {
     pub config: ClipTextConfig,
-    /// Key prefix in the weights file: `text_model.` in most files, empty in some.
+    /// Key prefix in the weights file: `text_model` in most files, empty in some.
     prefix: String,
-    token_embedding: Tensor<2>,
-    position_embedding: Tensor<2>,
+    token_embedding: Param<2>,
+    position_embedding: Param<2>,
     layers: Vec<ClipEncoderLayer>,
     final_layer_norm: LayerNorm,
 }
@@ -29,24 +30,24 @@ impl ClipTextModel {
         };
         let c = config;
         let h = c.hidden_size;
-        let p = |s: &str| join(&prefix, s);
+        let vs = Vs::root(w).pp(&prefix);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let l = p(&format!("encoder.layers.{i}"));
-            layers.push(ClipEncoderLayer::load(w, &l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, c.hidden_act)?);
+            let l = vs.pp("encoder.layers").pp(i);
+            layers.push(ClipEncoderLayer::load(&l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, c.hidden_act)?);
         }
         Ok(Self {
             config: c.clone(),
-            token_embedding: w.tensor(&p("embeddings.token_embedding.weight"), [c.vocab_size, h])?,
-            position_embedding: w.tensor(&p("embeddings.position_embedding.weight"), [c.max_position_embeddings, h])?,
+            token_embedding: vs.param("embeddings.token_embedding.weight", [c.vocab_size, h])?,
+            position_embedding: vs.param("embeddings.position_embedding.weight", [c.max_position_embeddings, h])?,
             layers,
-            final_layer_norm: LayerNorm::load(w, &p("final_layer_norm"), h, c.layer_norm_eps)?,
+            final_layer_norm: LayerNorm::load(&vs.pp("final_layer_norm"), h, c.layer_norm_eps)?,
             prefix,
         })
     }
 
     pub fn device(&self) -> Device {
-        self.token_embedding.device()
+        self.token_embedding.value.device()
     }
 
     /// Token ids `[B, N]` as an integer tensor on the model's device.
@@ -62,8 +63,8 @@ impl ClipTextModel {
     pub fn forward(&self, ids: &[Vec<u32>], clip_skip: usize) -> Tensor<3> {
         let input = self.ids_tensor(ids);
         let n = ids[0].len();
-        let x = burn::tensor::module::embedding(self.token_embedding.clone(), input);
-        let pos = self.position_embedding.clone().narrow(0, 0, n).unsqueeze::<3>();
+        let x = burn::tensor::module::embedding(self.token_embedding.value.clone(), input);
+        let pos = self.position_embedding.value.clone().narrow(0, 0, n).unsqueeze::<3>();
         let mut x = x + pos;
         let keep = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());
         for layer in &self.layers[..keep] {
@@ -87,24 +88,29 @@ impl ClipTextModel {
         debug_assert_eq!(rows.len(), b);
         Tensor::cat(rows, 0)
     }
+}
 
-    /// Every Linear layer by its module path as transformers names it (`text_model.encoder...`),
-    /// for attaching LoRA branches.
-    pub fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.lora_targets(&format!("text_model.encoder.layers.{i}"), &mut out);
+impl Walk for ClipTextModel {
+    fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>)) {
+        f(Layer::P2(&mut self.token_embedding));
+        f(Layer::P2(&mut self.position_embedding));
+        for l in &mut self.layers {
+            l.walk(f);
         }
-        out
+        f(Layer::LayerNorm(&mut self.final_layer_norm));
     }
 
-    pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
-        let p = self.prefix.clone();
-        v.visit2(&join(&p, "embeddings.token_embedding.weight"), &mut self.token_embedding);
-        v.visit2(&join(&p, "embeddings.position_embedding.weight"), &mut self.position_embedding);
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.visit(&join(&p, &format!("encoder.layers.{i}")), v);
-        }
-        self.final_layer_norm.visit(&join(&p, "final_layer_norm"), v);
+    /// Module paths as LoRA files name them, `text_model.encoder…`, whatever prefix the weights
+    /// file used.
+    fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
+        let prefix = self.prefix.clone();
+        let mut out = Vec::new();
+        self.walk(&mut |layer| {
+            if let Layer::Linear(l, true) = layer {
+                let local = if prefix.is_empty() { l.path.as_str() } else { &l.path[prefix.len() + 1..] };
+                out.push((format!("text_model.{local}"), LoraTarget::Linear(l)));
+            }
+        });
+        out
     }
 }

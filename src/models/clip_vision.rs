@@ -3,7 +3,8 @@
 //! and `post_layernorm` on the class token. Used by the evaluation metrics through `CLIPModel`.
 pub use super::clip_encoder::ClipEncoderLayer;
 use super::config::{Activation, MAX_DIM};
-use super::layers::{LayerNorm, ParamVisitor, join};
+use super::layers::{Layer, LayerNorm};
+use super::path::{Param, Vs};
 use super::weights::Weights;
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
@@ -83,10 +84,10 @@ impl ClipVisionConfig {
 pub struct ClipVisionModel {
     pub config: ClipVisionConfig,
     /// `[hidden, channels, patch, patch]`; CLIP's patch convolution has no bias.
-    patch_embedding: Tensor<4>,
-    class_embedding: Tensor<1>,
+    patch_embedding: Param<4>,
+    class_embedding: Param<1>,
     /// `[grid² + 1, hidden]`.
-    position_embedding: Tensor<2>,
+    position_embedding: Param<2>,
     pre_layrnorm: LayerNorm,
     layers: Vec<ClipEncoderLayer>,
     post_layernorm: LayerNorm,
@@ -98,21 +99,21 @@ impl ClipVisionModel {
         config.check()?;
         let c = config;
         let (h, p) = (c.hidden_size, c.patch_size);
-        let k = |s: &str| join(prefix, s);
+        let vs = Vs::root(w).pp(prefix);
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
-                let l = k(&format!("encoder.layers.{i}"));
-                ClipEncoderLayer::load(w, &l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, c.hidden_act)
+                let l = vs.pp("encoder.layers").pp(i);
+                ClipEncoderLayer::load(&l, h, c.intermediate_size, c.num_attention_heads, c.layer_norm_eps, c.hidden_act)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config: c.clone(),
-            patch_embedding: w.tensor(&k("embeddings.patch_embedding.weight"), [h, c.num_channels, p, p])?,
-            class_embedding: w.tensor(&k("embeddings.class_embedding"), [h])?,
-            position_embedding: w.tensor(&k("embeddings.position_embedding.weight"), [c.grid() * c.grid() + 1, h])?,
-            pre_layrnorm: LayerNorm::load(w, &k("pre_layrnorm"), h, c.layer_norm_eps)?,
+            patch_embedding: vs.param("embeddings.patch_embedding.weight", [h, c.num_channels, p, p])?,
+            class_embedding: vs.param("embeddings.class_embedding", [h])?,
+            position_embedding: vs.param("embeddings.position_embedding.weight", [c.grid() * c.grid() + 1, h])?,
+            pre_layrnorm: LayerNorm::load(&vs.pp("pre_layrnorm"), h, c.layer_norm_eps)?,
             layers,
-            post_layernorm: LayerNorm::load(w, &k("post_layernorm"), h, c.layer_norm_eps)?,
+            post_layernorm: LayerNorm::load(&vs.pp("post_layernorm"), h, c.layer_norm_eps)?,
         })
     }
 
@@ -132,10 +133,10 @@ impl ClipVisionModel {
         }
         let (h, g) = (c.hidden_size, c.grid());
         let opts = ConvOptions::new([c.patch_size; 2], [0, 0], [1, 1], 1);
-        let patches = conv2d(pixel_values, self.patch_embedding.clone(), None, opts);
+        let patches = conv2d(pixel_values, self.patch_embedding.value.clone(), None, opts);
         let patches = patches.reshape([b, h, g * g]).swap_dims(1, 2);
-        let class = self.class_embedding.clone().reshape([1, 1, h]).expand([b, 1, h]);
-        let x = Tensor::cat(vec![class, patches], 1) + self.position_embedding.clone().unsqueeze::<3>();
+        let class = self.class_embedding.value.clone().reshape([1, 1, h]).expand([b, 1, h]);
+        let x = Tensor::cat(vec![class, patches], 1) + self.position_embedding.value.clone().unsqueeze::<3>();
         let mut x = self.pre_layrnorm.forward(x);
         for layer in &self.layers {
             x = layer.forward(x, false);
@@ -150,16 +151,15 @@ impl ClipVisionModel {
         Ok(self.post_layernorm.forward(x.narrow(1, 0, 1).reshape([b, h])))
     }
 
-    /// Every parameter under its transformers name below `prefix` (`vision_model`).
-    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
-        let k = |s: &str| join(prefix, s);
-        v.visit4(&k("embeddings.patch_embedding.weight"), &mut self.patch_embedding);
-        v.visit1(&k("embeddings.class_embedding"), &mut self.class_embedding);
-        v.visit2(&k("embeddings.position_embedding.weight"), &mut self.position_embedding);
-        self.pre_layrnorm.visit(&k("pre_layrnorm"), v);
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.visit(&k(&format!("encoder.layers.{i}")), v);
+    /// Its layers, as [`super::layers::Walk`] (a part of a CLIP model, not a model alone).
+    pub fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>)) {
+        f(Layer::P4(&mut self.patch_embedding));
+        f(Layer::P1(&mut self.class_embedding));
+        f(Layer::P2(&mut self.position_embedding));
+        f(Layer::LayerNorm(&mut self.pre_layrnorm));
+        for l in &mut self.layers {
+            l.walk(f);
         }
-        self.post_layernorm.visit(&k("post_layernorm"), v);
+        f(Layer::LayerNorm(&mut self.post_layernorm));
     }
 }

@@ -1,8 +1,18 @@
 //! The building blocks every model here shares: linear and convolution layers (with LoRA
 //! branches), normalisation, activations and attention. Written once, used by CLIP, the UNet and
 //! the VAE.
-use super::weights::Weights;
-use crate::adapters::lora::LoraBranch;
+//!
+//! catlora has its own layers rather than burn's `Module` derive and `nn` layers because
+//! training needs three things those do not give together: LoRA on 1x1 convolutions as well as
+//! linear layers (SD 1.x's `proj_in` / `proj_out`), branches switched on and off at run time
+//! through a shared [`Gate`](super::lora::Gate) (CAT's adapter-off pass runs the same weights),
+//! and parameters that a host-side optimiser replaces as plain tensors each step, which keeps a
+//! resumed run byte-identical to an uninterrupted one. Each layer keeps the path it was loaded
+//! from ([`super::path`]); a model's [`Walk`] hands out its layers in one fixed order, and
+//! parameter visits and LoRA targets are both read off that walk.
+use super::lora::LoraBranch;
+pub use super::path::join;
+use super::path::{Param, Vs};
 use anyhow::Result;
 use burn::tensor::Tensor;
 use burn::tensor::activation;
@@ -17,8 +27,54 @@ pub trait ParamVisitor {
     fn visit4(&mut self, name: &str, t: &mut Tensor<4>);
 }
 
-pub fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+/// One layer, or one parameter outside any layer, as a model's walk hands it out.
+pub enum Layer<'a> {
+    /// The flag: LoRA branches may sit on it (the projections of attention, feed-forward and
+    /// `proj_in` / `proj_out` in the UNet's transformers; attention and MLP in CLIP's layers).
+    Linear(&'a mut Linear, bool),
+    Conv(&'a mut Conv2d, bool),
+    GroupNorm(&'a mut GroupNorm),
+    LayerNorm(&'a mut LayerNorm),
+    P1(&'a mut Param<1>),
+    P2(&'a mut Param<2>),
+    P4(&'a mut Param<4>),
+}
+
+impl Layer<'_> {
+    /// Visits the layer's parameter tensors.
+    pub fn visit(self, v: &mut dyn ParamVisitor) {
+        match self {
+            Layer::Linear(l, _) => l.visit(v),
+            Layer::Conv(c, _) => c.visit(v),
+            Layer::GroupNorm(n) => n.visit(v),
+            Layer::LayerNorm(n) => n.visit(v),
+            Layer::P1(p) => v.visit1(&p.name, &mut p.value),
+            Layer::P2(p) => v.visit2(&p.name, &mut p.value),
+            Layer::P4(p) => v.visit4(&p.name, &mut p.value),
+        }
+    }
+}
+
+/// A model's one traversal: every layer, always in the same order (a parameter store keeps its
+/// tensors in this order). Parameter visits and LoRA targets are read off it.
+pub trait Walk {
+    fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>));
+
+    /// Every parameter tensor, by its name in the weights file.
+    fn visit(&mut self, v: &mut dyn ParamVisitor) {
+        self.walk(&mut |layer| layer.visit(v))
+    }
+
+    /// Every layer that can take a LoRA branch, by module path.
+    fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
+        let mut out = Vec::new();
+        self.walk(&mut |layer| match layer {
+            Layer::Linear(l, true) => out.push((l.path.clone(), LoraTarget::Linear(l))),
+            Layer::Conv(c, true) => out.push((c.path.clone(), LoraTarget::Conv(c))),
+            _ => {}
+        });
+        out
+    }
 }
 
 /// `y = x W + b`, plus the active LoRA branches. The weight is kept as `[in, out]`.
@@ -28,13 +84,15 @@ pub struct Linear {
     pub in_features: usize,
     pub out_features: usize,
     pub lora: Vec<LoraBranch>,
+    /// The module path, e.g. `down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`.
+    pub path: String,
 }
 
 impl Linear {
-    pub fn load(w: &Weights, prefix: &str, in_f: usize, out_f: usize, bias: bool) -> Result<Self> {
-        let weight = w.linear_weight(&join(prefix, "weight"), out_f, in_f)?;
-        let bias = if bias { Some(w.tensor(&join(prefix, "bias"), [out_f])?) } else { None };
-        Ok(Self { weight, bias, in_features: in_f, out_features: out_f, lora: Vec::new() })
+    pub fn load(vs: &Vs, in_f: usize, out_f: usize, bias: bool) -> Result<Self> {
+        let weight = vs.linear_weight("weight", out_f, in_f)?;
+        let bias = if bias { Some(vs.tensor("bias", [out_f])?) } else { None };
+        Ok(Self { weight, bias, in_features: in_f, out_features: out_f, lora: Vec::new(), path: vs.path().into() })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -47,10 +105,10 @@ impl Linear {
         y
     }
 
-    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
-        v.visit2(&join(prefix, "weight"), &mut self.weight);
+    pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
+        v.visit2(&join(&self.path, "weight"), &mut self.weight);
         if let Some(b) = &mut self.bias {
-            v.visit1(&join(prefix, "bias"), b);
+            v.visit1(&join(&self.path, "bias"), b);
         }
     }
 }
@@ -66,13 +124,14 @@ pub struct Conv2d {
     pub out_channels: usize,
     pub kernel: usize,
     pub lora: Vec<LoraBranch>,
+    pub path: String,
 }
 
 impl Conv2d {
-    pub fn load(w: &Weights, prefix: &str, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
-        let weight = w.tensor(&join(prefix, "weight"), [cout, cin, kernel, kernel])?;
-        let bias = Some(w.tensor(&join(prefix, "bias"), [cout])?);
-        Ok(Self { weight, bias, stride, padding, in_channels: cin, out_channels: cout, kernel, lora: Vec::new() })
+    pub fn load(vs: &Vs, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+        let weight = vs.tensor("weight", [cout, cin, kernel, kernel])?;
+        let bias = Some(vs.tensor("bias", [cout])?);
+        Ok(Self { weight, bias, stride, padding, in_channels: cin, out_channels: cout, kernel, lora: Vec::new(), path: vs.path().into() })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -98,10 +157,10 @@ impl Conv2d {
         y
     }
 
-    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
-        v.visit4(&join(prefix, "weight"), &mut self.weight);
+    pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
+        v.visit4(&join(&self.path, "weight"), &mut self.weight);
         if let Some(b) = &mut self.bias {
-            v.visit1(&join(prefix, "bias"), b);
+            v.visit1(&join(&self.path, "bias"), b);
         }
     }
 }
@@ -147,12 +206,17 @@ pub struct GroupNorm {
     pub bias: Tensor<1>,
     pub groups: usize,
     pub eps: f64,
+    pub path: String,
 }
 
 impl GroupNorm {
-    pub fn load(w: &Weights, prefix: &str, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        anyhow::ensure!(channels.is_multiple_of(groups), "{prefix}: {channels} channels do not divide into {groups} normalisation groups");
-        Ok(Self { weight: w.tensor(&join(prefix, "weight"), [channels])?, bias: w.tensor(&join(prefix, "bias"), [channels])?, groups, eps })
+    pub fn load(vs: &Vs, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        anyhow::ensure!(
+            channels.is_multiple_of(groups),
+            "{}: {channels} channels do not divide into {groups} normalisation groups",
+            vs.path()
+        );
+        Ok(Self { weight: vs.tensor("weight", [channels])?, bias: vs.tensor("bias", [channels])?, groups, eps, path: vs.path().into() })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -164,9 +228,9 @@ impl GroupNorm {
         crate::kernels::group_norm(x, self.weight.clone(), self.bias.clone(), self.groups, self.eps, true)
     }
 
-    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
-        v.visit1(&join(prefix, "weight"), &mut self.weight);
-        v.visit1(&join(prefix, "bias"), &mut self.bias);
+    pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
+        v.visit1(&join(&self.path, "weight"), &mut self.weight);
+        v.visit1(&join(&self.path, "bias"), &mut self.bias);
     }
 }
 
@@ -175,11 +239,12 @@ pub struct LayerNorm {
     pub weight: Tensor<1>,
     pub bias: Tensor<1>,
     pub eps: f64,
+    pub path: String,
 }
 
 impl LayerNorm {
-    pub fn load(w: &Weights, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.tensor(&join(prefix, "weight"), [dim])?, bias: w.tensor(&join(prefix, "bias"), [dim])?, eps })
+    pub fn load(vs: &Vs, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: vs.tensor("weight", [dim])?, bias: vs.tensor("bias", [dim])?, eps, path: vs.path().into() })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -188,9 +253,9 @@ impl LayerNorm {
         normed * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
     }
 
-    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
-        v.visit1(&join(prefix, "weight"), &mut self.weight);
-        v.visit1(&join(prefix, "bias"), &mut self.bias);
+    pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
+        v.visit1(&join(&self.path, "weight"), &mut self.weight);
+        v.visit1(&join(&self.path, "bias"), &mut self.bias);
     }
 }
 
@@ -227,22 +292,18 @@ pub struct Attention {
     pub to_v: Linear,
     pub to_out: Linear,
     pub heads: usize,
-    /// The projections' names in the weights file (`to_q`.. `to_out.0` in diffusers,
-    /// `q_proj`.. `out_proj` in CLIP).
-    pub names: [&'static str; 4],
 }
 
 impl Attention {
     /// The diffusers attention layout: `to_q`, `to_k`, `to_v` (no bias unless `qkv_bias`) and
     /// `to_out.0` (with bias).
-    pub fn load_diffusers(w: &Weights, prefix: &str, dim: usize, context_dim: usize, heads: usize, qkv_bias: bool) -> Result<Self> {
+    pub fn load_diffusers(vs: &Vs, dim: usize, context_dim: usize, heads: usize, qkv_bias: bool) -> Result<Self> {
         Ok(Self {
-            to_q: Linear::load(w, &join(prefix, "to_q"), dim, dim, qkv_bias)?,
-            to_k: Linear::load(w, &join(prefix, "to_k"), context_dim, dim, qkv_bias)?,
-            to_v: Linear::load(w, &join(prefix, "to_v"), context_dim, dim, qkv_bias)?,
-            to_out: Linear::load(w, &join(prefix, "to_out.0"), dim, dim, true)?,
+            to_q: Linear::load(&vs.pp("to_q"), dim, dim, qkv_bias)?,
+            to_k: Linear::load(&vs.pp("to_k"), context_dim, dim, qkv_bias)?,
+            to_v: Linear::load(&vs.pp("to_v"), context_dim, dim, qkv_bias)?,
+            to_out: Linear::load(&vs.pp("to_out.0"), dim, dim, true)?,
             heads,
-            names: ["to_q", "to_k", "to_v", "to_out.0"],
         })
     }
 
@@ -254,14 +315,10 @@ impl Attention {
         self.to_out.forward(multi_head_attention(q, k, v, self.heads, causal))
     }
 
-    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        let [q, k, v, o] = self.names;
-        vec![(q, &mut self.to_q), (k, &mut self.to_k), (v, &mut self.to_v), (o, &mut self.to_out)]
-    }
-
-    pub fn visit(&mut self, prefix: &str, v: &mut dyn ParamVisitor) {
-        for (name, lin) in self.linears_mut() {
-            lin.visit(&join(prefix, name), v);
+    /// The four projections; `adaptable`: whether LoRA branches may sit on them.
+    pub fn walk<'a>(&'a mut self, adaptable: bool, f: &mut dyn FnMut(Layer<'a>)) {
+        for lin in [&mut self.to_q, &mut self.to_k, &mut self.to_v, &mut self.to_out] {
+            f(Layer::Linear(lin, adaptable));
         }
     }
 }

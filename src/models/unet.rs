@@ -2,7 +2,8 @@
 //! embedding, down blocks of ResNets and cross-attention transformers, a middle block, and up
 //! blocks fed by the skip connections.
 use super::config::{DownBlock, UNetConfig, UpBlock};
-use super::layers::{Attention, Conv2d, GroupNorm, LayerNorm, Linear, LoraTarget, ParamVisitor, gelu, join, silu, upsample_nearest_2x};
+use super::layers::{Attention, Conv2d, GroupNorm, Layer, LayerNorm, Linear, Walk, gelu, silu, upsample_nearest_2x};
+use super::path::Vs;
 use super::weights::Weights;
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -18,17 +19,17 @@ pub struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    pub fn load(w: &Weights, p: &str, cin: usize, cout: usize, temb: Option<usize>, groups: usize, eps: f64) -> Result<Self> {
+    pub fn load(vs: &Vs, cin: usize, cout: usize, temb: Option<usize>, groups: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            norm1: GroupNorm::load(w, &join(p, "norm1"), groups, cin, eps)?,
-            conv1: Conv2d::load(w, &join(p, "conv1"), cin, cout, 3, 1, 1)?,
+            norm1: GroupNorm::load(&vs.pp("norm1"), groups, cin, eps)?,
+            conv1: Conv2d::load(&vs.pp("conv1"), cin, cout, 3, 1, 1)?,
             time_emb_proj: match temb {
-                Some(t) => Some(Linear::load(w, &join(p, "time_emb_proj"), t, cout, true)?),
+                Some(t) => Some(Linear::load(&vs.pp("time_emb_proj"), t, cout, true)?),
                 None => None,
             },
-            norm2: GroupNorm::load(w, &join(p, "norm2"), groups, cout, eps)?,
-            conv2: Conv2d::load(w, &join(p, "conv2"), cout, cout, 3, 1, 1)?,
-            conv_shortcut: if cin != cout { Some(Conv2d::load(w, &join(p, "conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
+            norm2: GroupNorm::load(&vs.pp("norm2"), groups, cout, eps)?,
+            conv2: Conv2d::load(&vs.pp("conv2"), cout, cout, 3, 1, 1)?,
+            conv_shortcut: if cin != cout { Some(Conv2d::load(&vs.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
         })
     }
 
@@ -48,16 +49,16 @@ impl ResnetBlock {
         skip + h
     }
 
-    pub fn visit(&mut self, p: &str, v: &mut dyn ParamVisitor) {
-        self.norm1.visit(&join(p, "norm1"), v);
-        self.conv1.visit(&join(p, "conv1"), v);
+    pub fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>)) {
+        f(Layer::GroupNorm(&mut self.norm1));
+        f(Layer::Conv(&mut self.conv1, false));
         if let Some(t) = &mut self.time_emb_proj {
-            t.visit(&join(p, "time_emb_proj"), v);
+            f(Layer::Linear(t, false));
         }
-        self.norm2.visit(&join(p, "norm2"), v);
-        self.conv2.visit(&join(p, "conv2"), v);
+        f(Layer::GroupNorm(&mut self.norm2));
+        f(Layer::Conv(&mut self.conv2, false));
         if let Some(c) = &mut self.conv_shortcut {
-            c.visit(&join(p, "conv_shortcut"), v);
+            f(Layer::Conv(c, false));
         }
     }
 }
@@ -93,32 +94,32 @@ pub struct Transformer2D {
 }
 
 impl Transformer2D {
-    fn load(w: &Weights, p: &str, channels: usize, heads: usize, depth: usize, context_dim: usize, cfg: &UNetConfig) -> Result<Self> {
+    fn load(vs: &Vs, channels: usize, heads: usize, depth: usize, context_dim: usize, cfg: &UNetConfig) -> Result<Self> {
         let proj = |name: &str| -> Result<Proj> {
             Ok(if cfg.use_linear_projection {
-                Proj::Linear(Linear::load(w, &join(p, name), channels, channels, true)?)
+                Proj::Linear(Linear::load(&vs.pp(name), channels, channels, true)?)
             } else {
-                Proj::Conv(Conv2d::load(w, &join(p, name), channels, channels, 1, 1, 0)?)
+                Proj::Conv(Conv2d::load(&vs.pp(name), channels, channels, 1, 1, 0)?)
             })
         };
         let mut blocks = Vec::with_capacity(depth);
         for d in 0..depth {
-            let b = join(p, &format!("transformer_blocks.{d}"));
+            let b = vs.pp("transformer_blocks").pp(d);
             let inner = channels * 4;
             blocks.push(TransformerBlock {
-                norm1: LayerNorm::load(w, &join(&b, "norm1"), channels, 1e-5)?,
-                attn1: Attention::load_diffusers(w, &join(&b, "attn1"), channels, channels, heads, false)?,
-                norm2: LayerNorm::load(w, &join(&b, "norm2"), channels, 1e-5)?,
-                attn2: Attention::load_diffusers(w, &join(&b, "attn2"), channels, context_dim, heads, false)?,
-                norm3: LayerNorm::load(w, &join(&b, "norm3"), channels, 1e-5)?,
+                norm1: LayerNorm::load(&b.pp("norm1"), channels, 1e-5)?,
+                attn1: Attention::load_diffusers(&b.pp("attn1"), channels, channels, heads, false)?,
+                norm2: LayerNorm::load(&b.pp("norm2"), channels, 1e-5)?,
+                attn2: Attention::load_diffusers(&b.pp("attn2"), channels, context_dim, heads, false)?,
+                norm3: LayerNorm::load(&b.pp("norm3"), channels, 1e-5)?,
                 ff: FeedForward {
-                    proj: Linear::load(w, &join(&b, "ff.net.0.proj"), channels, inner * 2, true)?,
-                    out: Linear::load(w, &join(&b, "ff.net.2"), inner, channels, true)?,
+                    proj: Linear::load(&b.pp("ff.net.0.proj"), channels, inner * 2, true)?,
+                    out: Linear::load(&b.pp("ff.net.2"), inner, channels, true)?,
                 },
             });
         }
         Ok(Self {
-            norm: GroupNorm::load(w, &join(p, "norm"), cfg.norm_num_groups, channels, 1e-6)?,
+            norm: GroupNorm::load(&vs.pp("norm"), cfg.norm_num_groups, channels, 1e-6)?,
             proj_in: proj("proj_in")?,
             blocks,
             proj_out: proj("proj_out")?,
@@ -151,42 +152,23 @@ impl Transformer2D {
         out + residual
     }
 
-    fn lora_targets<'a>(&'a mut self, p: &str, out: &mut Vec<(String, LoraTarget<'a>)>) {
-        for (name, proj) in [("proj_in", &mut self.proj_in), ("proj_out", &mut self.proj_out)] {
+    /// The transformer's layers; every linear layer and 1x1 projection can take LoRA.
+    fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>)) {
+        f(Layer::GroupNorm(&mut self.norm));
+        for proj in [&mut self.proj_in, &mut self.proj_out] {
             match proj {
-                Proj::Conv(c) => out.push((join(p, name), LoraTarget::Conv(c))),
-                Proj::Linear(l) => out.push((join(p, name), LoraTarget::Linear(l))),
+                Proj::Conv(c) => f(Layer::Conv(c, true)),
+                Proj::Linear(l) => f(Layer::Linear(l, true)),
             }
         }
-        for (d, blk) in self.blocks.iter_mut().enumerate() {
-            let b = join(p, &format!("transformer_blocks.{d}"));
-            for (an, attn) in [("attn1", &mut blk.attn1), ("attn2", &mut blk.attn2)] {
-                for (ln, lin) in attn.linears_mut() {
-                    out.push((format!("{b}.{an}.{ln}"), LoraTarget::Linear(lin)));
-                }
-            }
-            out.push((format!("{b}.ff.net.0.proj"), LoraTarget::Linear(&mut blk.ff.proj)));
-            out.push((format!("{b}.ff.net.2"), LoraTarget::Linear(&mut blk.ff.out)));
-        }
-    }
-
-    fn visit(&mut self, p: &str, v: &mut dyn ParamVisitor) {
-        self.norm.visit(&join(p, "norm"), v);
-        for (name, proj) in [("proj_in", &mut self.proj_in), ("proj_out", &mut self.proj_out)] {
-            match proj {
-                Proj::Conv(c) => c.visit(&join(p, name), v),
-                Proj::Linear(l) => l.visit(&join(p, name), v),
-            }
-        }
-        for (d, blk) in self.blocks.iter_mut().enumerate() {
-            let b = join(p, &format!("transformer_blocks.{d}"));
-            blk.norm1.visit(&join(&b, "norm1"), v);
-            blk.attn1.visit(&join(&b, "attn1"), v);
-            blk.norm2.visit(&join(&b, "norm2"), v);
-            blk.attn2.visit(&join(&b, "attn2"), v);
-            blk.norm3.visit(&join(&b, "norm3"), v);
-            blk.ff.proj.visit(&join(&b, "ff.net.0.proj"), v);
-            blk.ff.out.visit(&join(&b, "ff.net.2"), v);
+        for blk in &mut self.blocks {
+            f(Layer::LayerNorm(&mut blk.norm1));
+            blk.attn1.walk(true, f);
+            f(Layer::LayerNorm(&mut blk.norm2));
+            blk.attn2.walk(true, f);
+            f(Layer::LayerNorm(&mut blk.norm3));
+            f(Layer::Linear(&mut blk.ff.proj, true));
+            f(Layer::Linear(&mut blk.ff.out, true));
         }
     }
 }
@@ -215,6 +197,7 @@ pub struct UNet {
 
 impl UNet {
     pub fn load(w: &Weights, cfg: &UNetConfig) -> Result<Self> {
+        let vs = Vs::root(w);
         let ch = &cfg.block_out_channels;
         let n = ch.len();
         let heads = cfg.heads()?;
@@ -234,30 +217,28 @@ impl UNet {
         for (i, kind) in cfg.down_block_types.iter().enumerate() {
             let cin = cout;
             cout = ch[i];
-            let p = format!("down_blocks.{i}");
+            let p = vs.pp("down_blocks").pp(i);
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..cfg.layers_per_block {
                 let rin = if j == 0 { cin } else { cout };
-                resnets.push(ResnetBlock::load(w, &format!("{p}.resnets.{j}"), rin, cout, Some(temb), g, eps)?);
+                resnets.push(ResnetBlock::load(&p.pp("resnets").pp(j), rin, cout, Some(temb), g, eps)?);
                 if *kind == DownBlock::CrossAttnDownBlock2D {
-                    attentions.push(Transformer2D::load(w, &format!("{p}.attentions.{j}"), cout, heads[i], depth[i], ctx, cfg)?);
+                    attentions.push(Transformer2D::load(&p.pp("attentions").pp(j), cout, heads[i], depth[i], ctx, cfg)?);
                 }
             }
-            let sampler = if i + 1 < n {
-                Some(Conv2d::load(w, &format!("{p}.downsamplers.0.conv"), cout, cout, 3, 2, cfg.downsample_padding)?)
-            } else {
-                None
-            };
+            let sampler =
+                if i + 1 < n { Some(Conv2d::load(&p.pp("downsamplers.0.conv"), cout, cout, 3, 2, cfg.downsample_padding)?) } else { None };
             down.push(Level { resnets, attentions, sampler });
         }
 
         let cm = ch[n - 1];
+        let mid = vs.pp("mid_block");
         let mid_resnets = vec![
-            ResnetBlock::load(w, "mid_block.resnets.0", cm, cm, Some(temb), g, eps)?,
-            ResnetBlock::load(w, "mid_block.resnets.1", cm, cm, Some(temb), g, eps)?,
+            ResnetBlock::load(&mid.pp("resnets.0"), cm, cm, Some(temb), g, eps)?,
+            ResnetBlock::load(&mid.pp("resnets.1"), cm, cm, Some(temb), g, eps)?,
         ];
-        let mid_attention = Transformer2D::load(w, "mid_block.attentions.0", cm, heads[n - 1], depth[n - 1], ctx, cfg)?;
+        let mid_attention = Transformer2D::load(&mid.pp("attentions.0"), cm, heads[n - 1], depth[n - 1], ctx, cfg)?;
 
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let rev_heads: Vec<usize> = heads.iter().rev().copied().collect();
@@ -267,18 +248,18 @@ impl UNet {
         for (i, kind) in cfg.up_block_types.iter().enumerate() {
             let out = rev[i];
             let input = rev[(i + 1).min(n - 1)];
-            let p = format!("up_blocks.{i}");
+            let p = vs.pp("up_blocks").pp(i);
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..=cfg.layers_per_block {
                 let skip = if j == cfg.layers_per_block { input } else { out };
                 let rin = if j == 0 { prev } else { out };
-                resnets.push(ResnetBlock::load(w, &format!("{p}.resnets.{j}"), rin + skip, out, Some(temb), g, eps)?);
+                resnets.push(ResnetBlock::load(&p.pp("resnets").pp(j), rin + skip, out, Some(temb), g, eps)?);
                 if *kind == UpBlock::CrossAttnUpBlock2D {
-                    attentions.push(Transformer2D::load(w, &format!("{p}.attentions.{j}"), out, rev_heads[i], rev_depth[i], ctx, cfg)?);
+                    attentions.push(Transformer2D::load(&p.pp("attentions").pp(j), out, rev_heads[i], rev_depth[i], ctx, cfg)?);
                 }
             }
-            let sampler = if i + 1 < n { Some(Conv2d::load(w, &format!("{p}.upsamplers.0.conv"), out, out, 3, 1, 1)?) } else { None };
+            let sampler = if i + 1 < n { Some(Conv2d::load(&p.pp("upsamplers.0.conv"), out, out, 3, 1, 1)?) } else { None };
             up.push(Level { resnets, attentions, sampler });
             prev = out;
         }
@@ -286,15 +267,15 @@ impl UNet {
         Ok(Self {
             config: cfg.clone(),
             time_channels: ch[0],
-            time_linear_1: Linear::load(w, "time_embedding.linear_1", ch[0], temb, true)?,
-            time_linear_2: Linear::load(w, "time_embedding.linear_2", temb, temb, true)?,
-            conv_in: Conv2d::load(w, "conv_in", cfg.in_channels, ch[0], 3, 1, 1)?,
+            time_linear_1: Linear::load(&vs.pp("time_embedding.linear_1"), ch[0], temb, true)?,
+            time_linear_2: Linear::load(&vs.pp("time_embedding.linear_2"), temb, temb, true)?,
+            conv_in: Conv2d::load(&vs.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
             down,
             mid_resnets,
             mid_attention,
             up,
-            conv_norm_out: GroupNorm::load(w, "conv_norm_out", g, ch[0], eps)?,
-            conv_out: Conv2d::load(w, "conv_out", ch[0], cfg.out_channels, 3, 1, 1)?,
+            conv_norm_out: GroupNorm::load(&vs.pp("conv_norm_out"), g, ch[0], eps)?,
+            conv_out: Conv2d::load(&vs.pp("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
         })
     }
 
@@ -372,49 +353,37 @@ impl UNet {
         }
         self.conv_out.forward(self.conv_norm_out.forward_silu(h))
     }
+}
 
-    /// Every layer that can take a LoRA branch, by diffusers module path.
-    pub fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
-        let mut out = Vec::new();
-        for (i, level) in self.down.iter_mut().enumerate() {
-            for (j, a) in level.attentions.iter_mut().enumerate() {
-                a.lora_targets(&format!("down_blocks.{i}.attentions.{j}"), &mut out);
+impl Walk for UNet {
+    /// Down levels, the middle block, up levels: the order of the forward pass, in which LoRA
+    /// targets are listed (and new adapters drawn).
+    fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>)) {
+        f(Layer::Linear(&mut self.time_linear_1, false));
+        f(Layer::Linear(&mut self.time_linear_2, false));
+        f(Layer::Conv(&mut self.conv_in, false));
+        let level = |level: &'a mut Level, f: &mut dyn FnMut(Layer<'a>)| {
+            for r in &mut level.resnets {
+                r.walk(f);
             }
-        }
-        self.mid_attention.lora_targets("mid_block.attentions.0", &mut out);
-        for (i, level) in self.up.iter_mut().enumerate() {
-            for (j, a) in level.attentions.iter_mut().enumerate() {
-                a.lora_targets(&format!("up_blocks.{i}.attentions.{j}"), &mut out);
+            for a in &mut level.attentions {
+                a.walk(f);
             }
-        }
-        out
-    }
-
-    pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
-        self.time_linear_1.visit("time_embedding.linear_1", v);
-        self.time_linear_2.visit("time_embedding.linear_2", v);
-        self.conv_in.visit("conv_in", v);
-        for (prefix, levels, sampler) in
-            [("down_blocks", &mut self.down, "downsamplers.0.conv"), ("up_blocks", &mut self.up, "upsamplers.0.conv")]
-        {
-            for (i, level) in levels.iter_mut().enumerate() {
-                let p = format!("{prefix}.{i}");
-                for (j, r) in level.resnets.iter_mut().enumerate() {
-                    r.visit(&format!("{p}.resnets.{j}"), v);
-                }
-                for (j, a) in level.attentions.iter_mut().enumerate() {
-                    a.visit(&format!("{p}.attentions.{j}"), v);
-                }
-                if let Some(c) = &mut level.sampler {
-                    c.visit(&format!("{p}.{sampler}"), v);
-                }
+            if let Some(c) = &mut level.sampler {
+                f(Layer::Conv(c, false));
             }
+        };
+        for l in &mut self.down {
+            level(l, f);
         }
-        for (j, r) in self.mid_resnets.iter_mut().enumerate() {
-            r.visit(&format!("mid_block.resnets.{j}"), v);
+        for r in &mut self.mid_resnets {
+            r.walk(f);
         }
-        self.mid_attention.visit("mid_block.attentions.0", v);
-        self.conv_norm_out.visit("conv_norm_out", v);
-        self.conv_out.visit("conv_out", v);
+        self.mid_attention.walk(f);
+        for l in &mut self.up {
+            level(l, f);
+        }
+        f(Layer::GroupNorm(&mut self.conv_norm_out));
+        f(Layer::Conv(&mut self.conv_out, false));
     }
 }

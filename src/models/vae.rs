@@ -2,7 +2,8 @@
 //! latents, the decoder maps latents back. Scaling by `scaling_factor` is the caller's job, as in
 //! diffusers.
 use super::config::VaeConfig;
-use super::layers::{Conv2d, GroupNorm, Linear, ParamVisitor, join, multi_head_attention, upsample_nearest_2x};
+use super::layers::{Conv2d, GroupNorm, Layer, Linear, Walk, multi_head_attention, upsample_nearest_2x};
+use super::path::Vs;
 use super::unet::ResnetBlock;
 use super::weights::Weights;
 use anyhow::Result;
@@ -22,16 +23,16 @@ struct SpatialAttention {
 }
 
 impl SpatialAttention {
-    fn load(w: &Weights, p: &str, c: usize, groups: usize) -> Result<Self> {
+    fn load(vs: &Vs, c: usize, groups: usize) -> Result<Self> {
         // Old checkpoints name the projections query / key / value / proj_attn.
-        let old = !w.has(&join(p, "to_q.weight")) && w.has(&join(p, "query.weight"));
-        let n = |new: &str, legacy: &str| join(p, if old { legacy } else { new });
+        let old = !vs.has("to_q.weight") && vs.has("query.weight");
+        let n = |new: &str, legacy: &str| vs.pp(if old { legacy } else { new });
         Ok(Self {
-            group_norm: GroupNorm::load(w, &join(p, "group_norm"), groups, c, EPS)?,
-            to_q: Linear::load(w, &n("to_q", "query"), c, c, true)?,
-            to_k: Linear::load(w, &n("to_k", "key"), c, c, true)?,
-            to_v: Linear::load(w, &n("to_v", "value"), c, c, true)?,
-            to_out: Linear::load(w, &n("to_out.0", "proj_attn"), c, c, true)?,
+            group_norm: GroupNorm::load(&vs.pp("group_norm"), groups, c, EPS)?,
+            to_q: Linear::load(&n("to_q", "query"), c, c, true)?,
+            to_k: Linear::load(&n("to_k", "key"), c, c, true)?,
+            to_v: Linear::load(&n("to_v", "value"), c, c, true)?,
+            to_out: Linear::load(&n("to_out.0", "proj_attn"), c, c, true)?,
         })
     }
 
@@ -43,12 +44,11 @@ impl SpatialAttention {
         out + x
     }
 
-    fn visit(&mut self, p: &str, v: &mut dyn ParamVisitor) {
-        self.group_norm.visit(&join(p, "group_norm"), v);
-        self.to_q.visit(&join(p, "to_q"), v);
-        self.to_k.visit(&join(p, "to_k"), v);
-        self.to_v.visit(&join(p, "to_v"), v);
-        self.to_out.visit(&join(p, "to_out.0"), v);
+    fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>)) {
+        f(Layer::GroupNorm(&mut self.group_norm));
+        for lin in [&mut self.to_q, &mut self.to_k, &mut self.to_v, &mut self.to_out] {
+            f(Layer::Linear(lin, false));
+        }
     }
 }
 
@@ -58,14 +58,14 @@ struct MidBlock {
 }
 
 impl MidBlock {
-    fn load(w: &Weights, p: &str, c: usize, cfg: &VaeConfig) -> Result<Self> {
+    fn load(vs: &Vs, c: usize, cfg: &VaeConfig) -> Result<Self> {
         let g = cfg.norm_num_groups;
         Ok(Self {
             resnets: [
-                ResnetBlock::load(w, &join(p, "resnets.0"), c, c, None, g, EPS)?,
-                ResnetBlock::load(w, &join(p, "resnets.1"), c, c, None, g, EPS)?,
+                ResnetBlock::load(&vs.pp("resnets.0"), c, c, None, g, EPS)?,
+                ResnetBlock::load(&vs.pp("resnets.1"), c, c, None, g, EPS)?,
             ],
-            attention: if cfg.mid_block_add_attention { Some(SpatialAttention::load(w, &join(p, "attentions.0"), c, g)?) } else { None },
+            attention: if cfg.mid_block_add_attention { Some(SpatialAttention::load(&vs.pp("attentions.0"), c, g)?) } else { None },
         })
     }
 
@@ -77,11 +77,12 @@ impl MidBlock {
         self.resnets[1].forward(h, None)
     }
 
-    fn visit(&mut self, p: &str, v: &mut dyn ParamVisitor) {
-        self.resnets[0].visit(&join(p, "resnets.0"), v);
-        self.resnets[1].visit(&join(p, "resnets.1"), v);
+    fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>)) {
+        let [r0, r1] = &mut self.resnets;
+        r0.walk(f);
+        r1.walk(f);
         if let Some(a) = &mut self.attention {
-            a.visit(&join(p, "attentions.0"), v);
+            a.walk(f);
         }
     }
 }
@@ -109,6 +110,7 @@ pub struct Vae {
 
 impl Vae {
     pub fn load(w: &Weights, cfg: &VaeConfig) -> Result<Self> {
+        let vs = Vs::root(w);
         let ch = &cfg.block_out_channels;
         let n = ch.len();
         let g = cfg.norm_num_groups;
@@ -119,12 +121,12 @@ impl Vae {
         for (i, &c) in ch.iter().enumerate() {
             let cin = cout;
             cout = c;
-            let p = format!("encoder.down_blocks.{i}");
+            let p = vs.pp("encoder.down_blocks").pp(i);
             let resnets = (0..cfg.layers_per_block)
-                .map(|j| ResnetBlock::load(w, &format!("{p}.resnets.{j}"), if j == 0 { cin } else { cout }, cout, None, g, EPS))
+                .map(|j| ResnetBlock::load(&p.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, None, g, EPS))
                 .collect::<Result<_>>()?;
             // diffusers pads (0, 1, 0, 1) and convolves with stride 2, no padding.
-            let sampler = if i + 1 < n { Some(Conv2d::load(w, &format!("{p}.downsamplers.0.conv"), cout, cout, 3, 2, 0)?) } else { None };
+            let sampler = if i + 1 < n { Some(Conv2d::load(&p.pp("downsamplers.0.conv"), cout, cout, 3, 2, 0)?) } else { None };
             enc_blocks.push(Block { resnets, sampler });
         }
 
@@ -132,28 +134,28 @@ impl Vae {
         let mut dec_blocks = Vec::with_capacity(n);
         let mut prev = rev[0];
         for (i, &out) in rev.iter().enumerate() {
-            let p = format!("decoder.up_blocks.{i}");
+            let p = vs.pp("decoder.up_blocks").pp(i);
             let resnets = (0..=cfg.layers_per_block)
-                .map(|j| ResnetBlock::load(w, &format!("{p}.resnets.{j}"), if j == 0 { prev } else { out }, out, None, g, EPS))
+                .map(|j| ResnetBlock::load(&p.pp("resnets").pp(j), if j == 0 { prev } else { out }, out, None, g, EPS))
                 .collect::<Result<_>>()?;
-            let sampler = if i + 1 < n { Some(Conv2d::load(w, &format!("{p}.upsamplers.0.conv"), out, out, 3, 1, 1)?) } else { None };
+            let sampler = if i + 1 < n { Some(Conv2d::load(&p.pp("upsamplers.0.conv"), out, out, 3, 1, 1)?) } else { None };
             dec_blocks.push(Block { resnets, sampler });
             prev = out;
         }
 
         Ok(Self {
-            enc_conv_in: Conv2d::load(w, "encoder.conv_in", cfg.in_channels, ch[0], 3, 1, 1)?,
+            enc_conv_in: Conv2d::load(&vs.pp("encoder.conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
             enc_blocks,
-            enc_mid: MidBlock::load(w, "encoder.mid_block", ch[n - 1], cfg)?,
-            enc_norm_out: GroupNorm::load(w, "encoder.conv_norm_out", g, ch[n - 1], EPS)?,
-            enc_conv_out: Conv2d::load(w, "encoder.conv_out", ch[n - 1], 2 * l, 3, 1, 1)?,
-            quant_conv: if cfg.use_quant_conv { Some(Conv2d::load(w, "quant_conv", 2 * l, 2 * l, 1, 1, 0)?) } else { None },
-            post_quant_conv: if cfg.use_post_quant_conv { Some(Conv2d::load(w, "post_quant_conv", l, l, 1, 1, 0)?) } else { None },
-            dec_conv_in: Conv2d::load(w, "decoder.conv_in", l, ch[n - 1], 3, 1, 1)?,
-            dec_mid: MidBlock::load(w, "decoder.mid_block", ch[n - 1], cfg)?,
+            enc_mid: MidBlock::load(&vs.pp("encoder.mid_block"), ch[n - 1], cfg)?,
+            enc_norm_out: GroupNorm::load(&vs.pp("encoder.conv_norm_out"), g, ch[n - 1], EPS)?,
+            enc_conv_out: Conv2d::load(&vs.pp("encoder.conv_out"), ch[n - 1], 2 * l, 3, 1, 1)?,
+            quant_conv: if cfg.use_quant_conv { Some(Conv2d::load(&vs.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0)?) } else { None },
+            post_quant_conv: if cfg.use_post_quant_conv { Some(Conv2d::load(&vs.pp("post_quant_conv"), l, l, 1, 1, 0)?) } else { None },
+            dec_conv_in: Conv2d::load(&vs.pp("decoder.conv_in"), l, ch[n - 1], 3, 1, 1)?,
+            dec_mid: MidBlock::load(&vs.pp("decoder.mid_block"), ch[n - 1], cfg)?,
             dec_blocks,
-            dec_norm_out: GroupNorm::load(w, "decoder.conv_norm_out", g, ch[0], EPS)?,
-            dec_conv_out: Conv2d::load(w, "decoder.conv_out", ch[0], cfg.out_channels, 3, 1, 1)?,
+            dec_norm_out: GroupNorm::load(&vs.pp("decoder.conv_norm_out"), g, ch[0], EPS)?,
+            dec_conv_out: Conv2d::load(&vs.pp("decoder.conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
             config: cfg.clone(),
         })
     }
@@ -199,34 +201,28 @@ impl Vae {
         }
         self.dec_conv_out.forward(self.dec_norm_out.forward_silu(h))
     }
+}
 
-    pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
-        self.enc_conv_in.visit("encoder.conv_in", v);
-        for (prefix, blocks, sampler) in [
-            ("encoder.down_blocks", &mut self.enc_blocks, "downsamplers.0.conv"),
-            ("decoder.up_blocks", &mut self.dec_blocks, "upsamplers.0.conv"),
-        ] {
-            for (i, b) in blocks.iter_mut().enumerate() {
-                for (j, r) in b.resnets.iter_mut().enumerate() {
-                    r.visit(&format!("{prefix}.{i}.resnets.{j}"), v);
-                }
-                if let Some(c) = &mut b.sampler {
-                    c.visit(&format!("{prefix}.{i}.{sampler}"), v);
-                }
+impl Walk for Vae {
+    fn walk<'a>(&'a mut self, f: &mut dyn FnMut(Layer<'a>)) {
+        f(Layer::Conv(&mut self.enc_conv_in, false));
+        for b in self.enc_blocks.iter_mut().chain(&mut self.dec_blocks) {
+            for r in &mut b.resnets {
+                r.walk(f);
+            }
+            if let Some(c) = &mut b.sampler {
+                f(Layer::Conv(c, false));
             }
         }
-        self.enc_mid.visit("encoder.mid_block", v);
-        self.enc_norm_out.visit("encoder.conv_norm_out", v);
-        self.enc_conv_out.visit("encoder.conv_out", v);
-        if let Some(c) = &mut self.quant_conv {
-            c.visit("quant_conv", v);
+        self.enc_mid.walk(f);
+        f(Layer::GroupNorm(&mut self.enc_norm_out));
+        f(Layer::Conv(&mut self.enc_conv_out, false));
+        for c in [&mut self.quant_conv, &mut self.post_quant_conv].into_iter().flatten() {
+            f(Layer::Conv(c, false));
         }
-        if let Some(c) = &mut self.post_quant_conv {
-            c.visit("post_quant_conv", v);
-        }
-        self.dec_conv_in.visit("decoder.conv_in", v);
-        self.dec_mid.visit("decoder.mid_block", v);
-        self.dec_norm_out.visit("decoder.conv_norm_out", v);
-        self.dec_conv_out.visit("decoder.conv_out", v);
+        f(Layer::Conv(&mut self.dec_conv_in, false));
+        self.dec_mid.walk(f);
+        f(Layer::GroupNorm(&mut self.dec_norm_out));
+        f(Layer::Conv(&mut self.dec_conv_out, false));
     }
 }

@@ -536,7 +536,7 @@ fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> R
         let leaves = hp.install(&mut clip, true);
         let img = clip.image_embeddings(px)?;
         let txt = clip.text_embeddings(&ids);
-        let scale = clip.logit_scale.clone().exp().reshape([1, 1]);
+        let scale = clip.logit_scale.value.clone().exp().reshape([1, 1]);
         let logits = img.matmul(txt.transpose()) * scale;
         let i2t = (log_softmax(logits.clone(), 1) * t_rows).sum().div_scalar(s.batch as f32);
         let t2i = (log_softmax(logits.clone(), 0) * t_cols).sum().div_scalar(s.batch as f32);
@@ -872,7 +872,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     }
     captions.sort();
     captions.dedup();
-    let contexts = encode_captions(&clip.text, &tok, &captions);
+    let contexts = encode_captions(&clip.towers.text, &tok, &captions);
     let scenes: Vec<Scene> = pool.into_iter().map(|s| s.scene).collect();
     let (_unet, unet_hp, unet_loss) = train_unet(opts, out_dir, &scenes, &means, &logvars, scaling as f32, &contexts, &device)?;
     report.final_loss.insert("unet".into(), unet_loss);

@@ -4,7 +4,7 @@
 //! tensors. Only the scalar losses (and, when clipping, the gradient norm) cross to the host in
 //! a step; checkpoints and files copy the values out.
 use crate::adapters::lora::{Adapter, BranchRef, Targets, branches_mut};
-use crate::models::layers::ParamVisitor;
+use crate::models::layers::{ParamVisitor, Walk};
 use anyhow::{Result, bail, ensure};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
