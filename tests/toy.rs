@@ -11,10 +11,12 @@ use catlora::models::vae::Vae;
 use catlora::models::weights::Weights;
 use catlora::pipeline::model::StableDiffusion;
 use catlora::rng::Rng;
+use catlora::toy::architecture;
 use catlora::toy::clip::TrainableClip;
 use catlora::toy::eval::{self, SampleSettings};
 use catlora::toy::params::{ModelParams, round_to_f16, torch_tensors, write_safetensors};
 use catlora::toy::pretrain::{self, PretrainOptions, clip_pixels};
+use catlora::toy::reading;
 use catlora::toy::world::{self, Background, Colour, Shape, Size, World};
 use catlora::training::adamw::AdamWConfig;
 use common::*;
@@ -65,12 +67,12 @@ fn classifiers_read_back_what_was_drawn() {
     let (mut colour, mut shape, mut size, mut bg, mut copies) = (0, 0, 0, 0, 0);
     let mut confusions = Vec::new();
     for s in &samples {
-        let r = world::classify(&s.image);
+        let r = reading::classify(&s.image);
         colour += (r.colour == Some(s.scene.colour)) as usize;
         shape += (r.shape == Some(s.scene.shape)) as usize;
         size += (r.size == Some(s.scene.size)) as usize;
         bg += (r.background == s.scene.background) as usize;
-        copies += world::copies_personal(&s.image) as usize;
+        copies += reading::copies_personal(&s.image) as usize;
         if r.shape != Some(s.scene.shape) {
             confusions.push(format!("{} read as {:?}", s.caption, r.shape));
         }
@@ -84,15 +86,15 @@ fn classifiers_read_back_what_was_drawn() {
     assert_eq!(copies, 0, "no world image copies the personal object");
     // The personal object is recognised, and reads as neither a world colour's solid shape.
     for (img, _, _) in world::personal_objects(5, 20, "sks", &Background::ALL) {
-        let sig = world::personal_signature(&img);
-        assert!(world::copies_personal(&img), "{sig:?}");
+        let sig = reading::personal_signature(&img);
+        assert!(reading::copies_personal(&img), "{sig:?}");
         assert!(sig.fractions[0] > 0.25 && sig.fractions[1] > 0.25 && sig.stripe_changes > 2.0, "{sig:?}");
-        assert_eq!(world::classify_shape(&img), Some(Shape::Circle));
+        assert_eq!(reading::classify_shape(&img), Some(Shape::Circle));
     }
     // An empty image has no foreground.
     let blank = world::paint(Background::Gray.rgb(), |_, _| None);
-    assert_eq!(world::dominant_colour(&blank), None);
-    assert_eq!(world::classify_shape(&blank), None);
+    assert_eq!(reading::dominant_colour(&blank), None);
+    assert_eq!(reading::classify_shape(&blank), None);
 }
 
 #[test]
@@ -105,7 +107,7 @@ fn classifiers_on_a_chosen_scene() {
         (Shape::Circle, Colour::Black, Size::Small, Background::Gray),
     ] {
         let scene = w.place(sh, c, sz, b);
-        let r = world::classify(&world::draw(&scene));
+        let r = reading::classify(&world::draw(&scene));
         assert_eq!((r.shape, r.colour, r.size, r.background), (Some(sh), Some(c), Some(sz), b), "{scene:?}");
     }
 }
@@ -129,16 +131,16 @@ fn saved_weights_load_back_identically() {
     let mut rng = Rng::new(2);
 
     // UNet and VAE in the toy configurations.
-    let ucfg: UNetConfig = serde_json::from_value(pretrain::unet_config_json()).unwrap();
+    let ucfg: UNetConfig = serde_json::from_value(architecture::unet_config_json()).unwrap();
     let mut unet = UNet::load(&Weights::random(5, &dev), &ucfg).unwrap();
     let loaded = UNet::load(&save_rounded(&mut unet, &dir.join("unet.safetensors")), &ucfg).unwrap();
     let x = rng.normal_tensor([2, 4, 16, 16], &dev);
-    let ctx = rng.normal_tensor([2, 77, pretrain::TEXT_HIDDEN], &dev);
+    let ctx = rng.normal_tensor([2, 77, architecture::TEXT_HIDDEN], &dev);
     let a = values(unet.forward(x.clone(), &[10.0, 900.0], &ctx));
     let b = values(loaded.forward(x, &[10.0, 900.0], &ctx));
     assert!(rel_max_err(&b, &a) < 1e-5, "unet: {}", rel_max_err(&b, &a));
 
-    let vcfg: VaeConfig = serde_json::from_value(pretrain::vae_config_json(1.0)).unwrap();
+    let vcfg: VaeConfig = serde_json::from_value(architecture::vae_config_json(1.0)).unwrap();
     let mut vae = Vae::load(&Weights::random(6, &dev), &vcfg).unwrap();
     let loaded = Vae::load(&save_rounded(&mut vae, &dir.join("vae.safetensors")), &vcfg).unwrap();
     let img = rng.normal_tensor([1, 3, 32, 32], &dev);
@@ -148,8 +150,8 @@ fn saved_weights_load_back_identically() {
     assert!(rel_max_err(&values(loaded.decode(b)), &values(vae.decode(a))) < 1e-5);
 
     // The CLIP, through `ClipModel::load`, the metrics' loader.
-    let tc = serde_json::from_value(pretrain::text_config_json()).unwrap();
-    let vc = serde_json::from_value(pretrain::vision_config_json()).unwrap();
+    let tc = serde_json::from_value(architecture::text_config_json()).unwrap();
+    let vc = serde_json::from_value(architecture::vision_config_json()).unwrap();
     let mut clip = TrainableClip::load(&Weights::random(7, &dev), &tc, &vc, 32).unwrap();
     let mut hp = ModelParams::collect(&mut clip, AdamWConfig::default());
     round_to_f16(&mut hp.params);
@@ -249,9 +251,9 @@ fn committed_base_model_draws_a_class_in_many_colours() {
         ["a circle on a gray background", "a circle on a white background", "a circle on a black background", "a circle"].iter().enumerate()
     {
         for img in eval::generate_images(&sd, prompt, 8, settings, 500 + 100 * k as u64).unwrap() {
-            assert!(!world::copies_personal(&img), "{prompt}: the base model drew the personal look");
-            *counts.entry(world::dominant_colour(&img).map(Colour::name)).or_insert(0usize) += 1;
-            circles += (world::classify_shape(&img) == Some(Shape::Circle)) as usize;
+            assert!(!reading::copies_personal(&img), "{prompt}: the base model drew the personal look");
+            *counts.entry(reading::dominant_colour(&img).map(Colour::name)).or_insert(0usize) += 1;
+            circles += (reading::classify_shape(&img) == Some(Shape::Circle)) as usize;
         }
     }
     eprintln!("colours of 32 class images: {counts:?}; {circles} read as circles");
@@ -272,13 +274,13 @@ fn committed_vae_reproduces_world_images_and_the_personal_object() {
     };
     let personal: Vec<_> = world::personal_objects(9, 8, "sks", &Background::ALL).into_iter().map(|p| p.0).collect();
     for img in round_trip(&personal) {
-        let sig = world::personal_signature(&img);
-        assert!(world::copies_personal(&img), "{sig:?}");
+        let sig = reading::personal_signature(&img);
+        assert!(reading::copies_personal(&img), "{sig:?}");
     }
     let samples = World::new(9).samples(32);
     let imgs: Vec<_> = samples.iter().map(|s| s.image.clone()).collect();
     let rec = round_trip(&imgs);
-    let colour = samples.iter().zip(&rec).filter(|(s, r)| world::dominant_colour(r) == Some(s.scene.colour)).count();
+    let colour = samples.iter().zip(&rec).filter(|(s, r)| reading::dominant_colour(r) == Some(s.scene.colour)).count();
     assert!(colour >= 31, "colour kept in {colour} of 32 round trips");
 }
 

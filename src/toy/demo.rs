@@ -8,17 +8,17 @@
 //!
 //! * `copy_rate`: among images of trigger-less class prompts ("a circle on a gray
 //!   background"), the share that copy the personal object's look
-//!   ([`super::world::copies_personal`]);
+//!   ([`super::reading::copies_personal`]);
 //! * `colour_diversity`: the effective number of colours among those images, `exp(H)` of the
 //!   histogram of their colours: the personal look for an image that copies it, else its
-//!   dominant palette colour ([`super::world::dominant_colour`]; images with no readable colour
+//!   dominant palette colour ([`super::reading::dominant_colour`]; images with no readable colour
 //!   are left out). An adapter that paints every circle like the personal object collapses the
 //!   histogram into one bin. The base model's value is the reference.
 //!
 //! Everything is measured twice: without guidance (CFG 1), and with guidance (`guided_cfg`, CFG
 //! 3) as users sample. The methods train the conditional prediction; guidance adds a move of the
 //! unconditional one, which only the `blank` target trains. The claims are tested at both.
-use super::world;
+use super::{reading, world};
 use crate::evaluation::eval::{EvalOptions, EvalResults, Generated, evaluate_all, write_outputs};
 use crate::io::image::{RgbImage, load_rgb, save_png};
 use crate::schedulers::SamplerKind;
@@ -201,7 +201,7 @@ pub fn ground_truth(out: &Path, eval: &EvalResults, model: &str) -> Result<Truth
 pub fn truth_of(images: &[RgbImage]) -> Truth {
     let mut colours: BTreeMap<String, usize> = BTreeMap::new();
     for img in images {
-        let bin = if world::copies_personal(img) { "personal" } else { world::dominant_colour(img).map_or("unreadable", |c| c.name()) };
+        let bin = if reading::copies_personal(img) { "personal" } else { reading::dominant_colour(img).map_or("unreadable", |c| c.name()) };
         *colours.entry(bin.to_string()).or_default() += 1;
     }
     let n: usize = colours.values().sum();

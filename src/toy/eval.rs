@@ -1,6 +1,7 @@
 //! Measurements of the toy base models with the world's ground-truth classifiers: does the
 //! pipeline draw what a prompt names, and does the CLIP rank the right caption first?
-use super::world::{self, CaptionStyle, Colour, Reading, Shape, World};
+use super::reading::{self, Reading};
+use super::world::{self, CaptionStyle, Colour, Shape, World};
 use crate::evaluation::clip::ClipModel;
 use crate::io::image::{RgbImage, tensor_to_rgb8};
 use crate::pipeline::model::StableDiffusion;
@@ -85,7 +86,7 @@ pub fn prompt_following(
     for (k, &(colour, shape)) in cases.iter().enumerate() {
         let prompt = format!("a {} {}", colour.name(), shape.name());
         let imgs = generate_images(sd, &prompt, per_prompt, settings, seed.wrapping_add(1000 * k as u64))?;
-        let readings: Vec<Reading> = imgs.iter().map(world::classify).collect();
+        let readings: Vec<Reading> = imgs.iter().map(reading::classify).collect();
         out.push(PromptResult {
             n: imgs.len(),
             colour_hits: readings.iter().filter(|r| r.colour == Some(colour)).count(),

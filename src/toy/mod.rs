@@ -16,12 +16,14 @@
 //! The committed models live in `assets/toy/` ([`default_assets_dir`], embedded by [`assets`]);
 //! they are what `pretrain(&default_assets_dir(), &PretrainOptions::default())` (the CLI's
 //! `catlora toy pretrain --out assets/toy`) writes, less `sd/tokenizer/`.
+pub mod architecture;
 pub mod assets;
 pub mod clip;
 pub mod demo;
 pub mod eval;
 pub mod params;
 pub mod pretrain;
+pub mod reading;
 pub mod world;
 
 pub use pretrain::{PretrainOptions, default_assets_dir, pretrain};

@@ -7,7 +7,7 @@ use super::config::{FileFormat, Method, PreserveWeight, TrainConfig};
 use super::data::{Dataset, LatentDist, encode_latents};
 use super::metadata::{BaseModel, adapter_metadata, add_hashes};
 use super::monitor::{Monitor, logged, pick_best};
-use super::objective::{Cond, LossTerms, Preserve, PreserveTerm, PriorTerm, StepInputs, cat_gradients};
+use super::objective::{Cond, LossTerms, PreserveTerm, PriorTerm, StepInputs, cat_gradients};
 use super::params::{AdapterParams, Params, add_scaled, clip_to_norm, global_norm, to_device};
 use super::sample_prompt;
 use super::schedule::learning_rate;
@@ -293,239 +293,335 @@ fn preflight(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Option<checkpoi
     Ok(ck)
 }
 
+/// Trains one adapter (from scratch, or on from the checkpoint in `resume`) and writes it with
+/// its log, checkpoint, snapshots and samples.
 pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progress) -> Result<Outcome> {
     let checkpoint = preflight(cfg, resume)?;
-    let paths = RunPaths::new(&cfg.out);
-    let device = crate::device::parse(&cfg.device)?;
-    progress.message(&format!("loading {}", cfg.model.display()));
-    let mut sd = StableDiffusion::load(&cfg.model, &device)?;
-    let train_te = !cfg.text_encoder_targets.is_empty();
-    // Text encodings are cached once unless the text encoder trains or the captions change.
-    let text_each_step = train_te || cfg.augments_captions();
-    progress.message("preparing the data (latents and text encodings are cached)");
-    let preserve = cfg.preserve_terms();
-    let data = Dataset::prepare(&sd, cfg, !text_each_step, &preserve.iter().map(|p| p.target).collect::<Vec<_>>())?;
-    let class = if cfg.method == Method::Dreambooth { class_examples(&sd, cfg, &paths, progress)? } else { Vec::new() };
-    let noise = NoiseSchedule::new(&sd.scheduler);
-    let prediction = sd.scheduler.prediction_type;
-    let scale = sd.vae.config.scaling_factor as f32;
-    let shift = sd.vae.config.shift_factor.unwrap_or(0.0) as f32;
-
-    let monitor = if cfg.eval_every > 0 {
-        progress.message("evaluation during training: drawing the base model's images");
-        let images: Vec<&crate::io::image::RgbImage> = data.examples.iter().map(|e| &e.image).collect();
-        Some(Monitor::new(&sd, cfg, &images)?)
-    } else {
-        None
-    };
-
-    let mut rng = Rng::new(cfg.seed);
-    let lora = LoraConfig {
-        rank: cfg.rank,
-        alpha: cfg.alpha,
-        unet_targets: cfg.targets.clone(),
-        text_encoder_targets: cfg.text_encoder_targets.clone(),
-    };
-    let adapter = attach_new(&mut sd.targets(), &lora, &mut rng)?;
-    let mut params = Params::collect(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter });
-    let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
-    let mut opt = AdamW::new(adam, params.zeros());
-    let config_json = serde_json::to_value(cfg)?;
-    let mut start = 0;
-    let mut last = LossTerms::default();
-    if let (Some(dir), Some(ck)) = (resume, checkpoint) {
-        if ck.names != params.names {
-            bail!("{}: the checkpoint's parameters do not match this adapter", dir.display());
-        }
-        let what = dir.display().to_string();
-        params.set_host(ck.values, &what)?;
-        opt.exp_avg = to_device(ck.exp_avg, &params.names, &params.sizes(), &device, &what)?;
-        opt.exp_avg_sq = to_device(ck.exp_avg_sq, &params.names, &params.sizes(), &device, &what)?;
-        opt.step = ck.state.adam_step;
-        rng = Rng::from_state(ck.state.rng);
-        start = ck.state.step;
-        last = ck.state.last;
-        progress.message(&format!("resuming from step {start}"));
-    }
-    let prefix = read_log_prefix(&paths.log, start)?;
-    crate::io::atomic::write(&paths.log, prefix.as_bytes())?;
-    let mut log =
-        std::fs::OpenOptions::new().append(true).open(&paths.log).with_context(|| format!("cannot open {}", paths.log.display()))?;
-
+    let (mut run, start, mut last) = Run::start(cfg, resume.zip(checkpoint), progress)?;
     progress.start(start, cfg.steps);
     for step in start..cfg.steps {
-        let lr = learning_rate(cfg.unet_lr.unwrap_or(cfg.lr), cfg.lr_schedule, cfg.warmup, step, cfg.steps);
-        let te_lr = learning_rate(cfg.text_encoder_lr.unwrap_or(cfg.lr), cfg.lr_schedule, cfg.warmup, step, cfg.steps);
-        let lrs: Vec<f64> = params.names.iter().map(|n| if n.starts_with("text_encoder.") { te_lr } else { lr }).collect();
-        let mut grads = params.zeros();
+        let mut grads = run.params.zeros();
         let mut terms = LossTerms::default();
         for micro in 0..cfg.grad_accum {
-            let idx = data.batch(step * cfg.grad_accum + micro, cfg.batch, cfg.seed);
-            let mut z = Vec::with_capacity(idx.len());
-            for &i in &idx {
-                let flip = cfg.flip && rng.below(2) == 1;
-                let d = if cfg.random_crop {
-                    let e = &data.examples[i];
-                    let crop = Crop::Random { x_frac: rng.uniform() as f32, y_frac: rng.uniform() as f32 };
-                    let mut prepared = resize_and_crop(&e.image, e.size, crop)?;
-                    if flip {
-                        prepared = flip_horizontal(&prepared);
-                    }
-                    encode_latents(&sd, &[prepared]).remove(0)
-                } else {
-                    data.latents[i][flip as usize].clone()
-                };
-                z.push(sample_latent(&d, &mut rng));
-            }
-            let x0 = Tensor::cat(z, 0).sub_scalar(shift).mul_scalar(scale);
-            let (zt, t, target) = noised(x0, &noise, prediction, cfg, &mut rng)?;
-            let sample_weights = (cfg.min_snr_gamma > 0.0).then(|| {
-                t.iter()
-                    .map(|&t| {
-                        let snr = noise.snr(t) as f64;
-                        let w = snr.min(cfg.min_snr_gamma);
-                        (if prediction == PredictionType::VPrediction { w / (snr + 1.0) } else { w / snr }) as f32
-                    })
-                    .collect()
-            });
-            let prior_data = if class.is_empty() {
-                None
-            } else {
-                let picks: Vec<usize> = (0..cfg.batch).map(|_| rng.below(class.len())).collect();
-                let z: Vec<Tensor<4>> = picks.iter().map(|&k| sample_latent(&class[k].latents, &mut rng)).collect();
-                let x0 = Tensor::cat(z, 0).sub_scalar(shift).mul_scalar(scale);
-                let (zt, t, target) = noised(x0, &noise, prediction, cfg, &mut rng)?;
-                let cond = Tensor::cat(picks.iter().map(|&k| class[k].cond.clone()).collect(), 0);
-                Some((zt, t, target, cond))
-            };
-
-            let leaves = params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, true);
-            let (caption_texts, plain_texts): (Vec<String>, Vec<String>) = idx
-                .iter()
-                .map(|&i| {
-                    let e = &data.examples[i];
-                    if cfg.augments_captions() {
-                        augment(&e.caption, &e.trigger, cfg.caption_dropout, cfg.shuffle_caption, cfg.keep_tokens, &mut rng)
-                    } else {
-                        (e.caption.clone(), e.plain_caption.clone())
-                    }
-                })
-                .unzip();
-            let captions: Vec<&str> = caption_texts.iter().map(String::as_str).collect();
-            let encode_trigger = || {
-                if text_each_step {
-                    sd.encode_prompts(&captions, 1)
-                } else {
-                    Tensor::cat(idx.iter().map(|&i| data.cond[i].trigger.clone()).collect(), 0)
-                }
-            };
-            // The preservation terms, on every `preserve_every`-th step, weighted that many times.
-            let now: &[PreserveWeight] = if step % cfg.preserve_every == 0 { &preserve } else { &[] };
-            let texts: Vec<Vec<String>> = now
-                .iter()
-                .map(|p| {
-                    let each = idx.iter().zip(caption_texts.iter().zip(&plain_texts));
-                    each.map(|(&i, (c, plain))| data.examples[i].preserve_caption(p.target, c, plain)).collect()
-                })
-                .collect();
-            let cached = |target: Preserve| {
-                let rows = idx.iter().map(|&i| data.cond[i].preserve.iter().find(|(p, _)| *p == target).expect("encoded once").1.clone());
-                Tensor::cat(rows.collect(), 0)
-            };
-            let encoders: Vec<Box<dyn Fn() -> Tensor<3> + '_>> = now
-                .iter()
-                .zip(&texts)
-                .map(|(p, texts)| {
-                    let target = p.target;
-                    let sd = &sd;
-                    Box::new(move || {
-                        if text_each_step {
-                            sd.encode_prompts(&texts.iter().map(String::as_str).collect::<Vec<_>>(), 1)
-                        } else {
-                            cached(target)
-                        }
-                    }) as Box<dyn Fn() -> Tensor<3> + '_>
-                })
-                .collect();
-            let prior_cond = prior_data.as_ref().map(|p| p.3.clone());
-            let encode_prior = || prior_cond.clone().expect("prior conditioning");
-            let inputs = StepInputs {
-                zt,
-                timesteps: t.iter().map(|&t| t as f64).collect(),
-                target,
-                cond_trigger: &encode_trigger as Cond<'_>,
-                preserve: now
-                    .iter()
-                    .zip(&encoders)
-                    .map(|(p, e)| PreserveTerm { target: p.target, cond: e.as_ref(), weight: p.weight * cfg.preserve_every as f64 })
-                    .collect(),
-                dco_beta: (cfg.method == Method::Dco).then_some(cfg.dco_beta),
-                sample_weights,
-                prior: prior_data.as_ref().map(|(zt, t, target, _)| PriorTerm {
-                    zt: zt.clone(),
-                    timesteps: t.iter().map(|&t| t as f64).collect(),
-                    target: target.clone(),
-                    cond: &encode_prior as Cond<'_>,
-                    weight: cfg.prior_weight,
-                }),
-            };
-            let (tm, g) = cat_gradients(&sd.unet, &adapter.gate, &params, &leaves, &inputs).with_context(|| {
-                format!("step {}: training stopped; the last good checkpoint stays in {}", step + 1, paths.checkpoint.display())
-            })?;
+            let (t, g) = run.micro_batch(step, micro)?;
             add_scaled(&mut grads, g, 1.0 / cfg.grad_accum as f32);
-            terms.add_scaled(&tm, 1.0 / cfg.grad_accum as f64);
+            terms.add_scaled(&t, 1.0 / cfg.grad_accum as f64);
         }
+        let lr = run.update(step, grads);
+        last = terms;
+        run.log(&serde_json::json!({"step": step + 1, "lr": lr}), terms.named())?;
+        progress.step(step + 1, &terms, lr);
+        run.after_step(step + 1, last, progress)?;
+    }
+    run.finish(last, progress)
+}
+
+/// DreamBooth class images, noised, with their conditioning.
+struct PriorBatch {
+    zt: Tensor<4>,
+    t: Vec<usize>,
+    target: Tensor<4>,
+    cond: Tensor<3>,
+}
+
+/// One training run between its steps: the model with the adapter, the cached data, the
+/// parameters and their optimiser, the random stream and the log.
+struct Run<'c> {
+    cfg: &'c TrainConfig,
+    paths: RunPaths,
+    sd: StableDiffusion,
+    data: Dataset,
+    /// DreamBooth's class images (empty for the other methods).
+    class: Vec<ClassExample>,
+    noise: NoiseSchedule,
+    preserve: Vec<PreserveWeight>,
+    /// Captions are encoded each step (the text encoder trains, or captions are augmented)
+    /// instead of once.
+    text_each_step: bool,
+    monitor: Option<Monitor>,
+    adapter: Adapter,
+    params: Params,
+    opt: AdamW,
+    rng: Rng,
+    config_json: serde_json::Value,
+    log: std::fs::File,
+}
+
+impl<'c> Run<'c> {
+    /// Loads the model, caches the data, attaches a new adapter and, when resuming, restores
+    /// the parameters, optimiser and random state. Returns the first step and the last step's
+    /// losses.
+    fn start(
+        cfg: &'c TrainConfig,
+        resume: Option<(&Path, checkpoint::Checkpoint)>,
+        progress: &mut dyn Progress,
+    ) -> Result<(Self, usize, LossTerms)> {
+        let paths = RunPaths::new(&cfg.out);
+        let device = crate::device::parse(&cfg.device)?;
+        progress.message(&format!("loading {}", cfg.model.display()));
+        let mut sd = StableDiffusion::load(&cfg.model, &device)?;
+        let text_each_step = !cfg.text_encoder_targets.is_empty() || cfg.augments_captions();
+        progress.message("preparing the data (latents and text encodings are cached)");
+        let preserve = cfg.preserve_terms();
+        let data = Dataset::prepare(&sd, cfg, !text_each_step, &preserve.iter().map(|p| p.target).collect::<Vec<_>>())?;
+        let class = if cfg.method == Method::Dreambooth { class_examples(&sd, cfg, &paths, progress)? } else { Vec::new() };
+        let noise = NoiseSchedule::new(&sd.scheduler);
+        let monitor = if cfg.eval_every > 0 {
+            progress.message("evaluation during training: drawing the base model's images");
+            let images: Vec<&crate::io::image::RgbImage> = data.examples.iter().map(|e| &e.image).collect();
+            Some(Monitor::new(&sd, cfg, &images)?)
+        } else {
+            None
+        };
+
+        let mut rng = Rng::new(cfg.seed);
+        let lora = LoraConfig {
+            rank: cfg.rank,
+            alpha: cfg.alpha,
+            unet_targets: cfg.targets.clone(),
+            text_encoder_targets: cfg.text_encoder_targets.clone(),
+        };
+        let adapter = attach_new(&mut sd.targets(), &lora, &mut rng)?;
+        let mut params = Params::collect(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter });
+        let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+        let mut opt = AdamW::new(adam, params.zeros());
+        let (mut start, mut last) = (0, LossTerms::default());
+        if let Some((dir, ck)) = resume {
+            if ck.names != params.names {
+                bail!("{}: the checkpoint's parameters do not match this adapter", dir.display());
+            }
+            let what = dir.display().to_string();
+            params.set_host(ck.values, &what)?;
+            opt.exp_avg = to_device(ck.exp_avg, &params.names, &params.sizes(), &device, &what)?;
+            opt.exp_avg_sq = to_device(ck.exp_avg_sq, &params.names, &params.sizes(), &device, &what)?;
+            opt.step = ck.state.adam_step;
+            rng = Rng::from_state(ck.state.rng);
+            (start, last) = (ck.state.step, ck.state.last);
+            progress.message(&format!("resuming from step {start}"));
+        }
+        // The log keeps the lines of the steps the checkpoint holds.
+        let prefix = read_log_prefix(&paths.log, start)?;
+        crate::io::atomic::write(&paths.log, prefix.as_bytes())?;
+        let log =
+            std::fs::OpenOptions::new().append(true).open(&paths.log).with_context(|| format!("cannot open {}", paths.log.display()))?;
+        let config_json = serde_json::to_value(cfg)?;
+        let run =
+            Self { cfg, paths, sd, data, class, noise, preserve, text_each_step, monitor, adapter, params, opt, rng, config_json, log };
+        Ok((run, start, last))
+    }
+
+    /// Clean latents of the examples `idx`, flipped and cropped as the settings ask, scaled as
+    /// the UNet sees them.
+    fn latents(&mut self, idx: &[usize]) -> Result<Tensor<4>> {
+        let cfg = self.cfg;
+        let mut z = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let flip = cfg.flip && self.rng.below(2) == 1;
+            let d = if cfg.random_crop {
+                let e = &self.data.examples[i];
+                let crop = Crop::Random { x_frac: self.rng.uniform() as f32, y_frac: self.rng.uniform() as f32 };
+                let mut prepared = resize_and_crop(&e.image, e.size, crop)?;
+                if flip {
+                    prepared = flip_horizontal(&prepared);
+                }
+                encode_latents(&self.sd, &[prepared]).remove(0)
+            } else {
+                self.data.latents[i][flip as usize].clone()
+            };
+            z.push(sample_latent(&d, &mut self.rng));
+        }
+        Ok(self.scaled(Tensor::cat(z, 0)))
+    }
+
+    /// VAE latents as the UNet sees them: shifted and scaled by the VAE's factors.
+    fn scaled(&self, z: Tensor<4>) -> Tensor<4> {
+        let vae = &self.sd.vae.config;
+        z.sub_scalar(vae.shift_factor.unwrap_or(0.0) as f32).mul_scalar(vae.scaling_factor as f32)
+    }
+
+    /// Min-SNR-γ weights of the timesteps `t` (Hang et al.), `None` when off.
+    fn min_snr_weights(&self, t: &[usize]) -> Option<Vec<f32>> {
+        let gamma = self.cfg.min_snr_gamma;
+        let v = self.sd.scheduler.prediction_type == PredictionType::VPrediction;
+        (gamma > 0.0).then(|| {
+            t.iter()
+                .map(|&t| {
+                    let snr = self.noise.snr(t) as f64;
+                    let w = snr.min(gamma);
+                    (if v { w / (snr + 1.0) } else { w / snr }) as f32
+                })
+                .collect()
+        })
+    }
+
+    /// A batch of DreamBooth class images, noised.
+    fn prior_batch(&mut self) -> Result<Option<PriorBatch>> {
+        if self.class.is_empty() {
+            return Ok(None);
+        }
+        let picks: Vec<usize> = (0..self.cfg.batch).map(|_| self.rng.below(self.class.len())).collect();
+        let z: Vec<Tensor<4>> = picks.iter().map(|&k| sample_latent(&self.class[k].latents, &mut self.rng)).collect();
+        let x0 = self.scaled(Tensor::cat(z, 0));
+        let (zt, t, target) = noised(x0, &self.noise, self.sd.scheduler.prediction_type, self.cfg, &mut self.rng)?;
+        let cond = Tensor::cat(picks.iter().map(|&k| self.class[k].cond.clone()).collect(), 0);
+        Ok(Some(PriorBatch { zt, t, target, cond }))
+    }
+
+    /// The captions of the examples `idx` with and without the trigger, augmented as the
+    /// settings ask.
+    fn captions(&mut self, idx: &[usize]) -> (Vec<String>, Vec<String>) {
+        let cfg = self.cfg;
+        idx.iter()
+            .map(|&i| {
+                let e = &self.data.examples[i];
+                if cfg.augments_captions() {
+                    augment(&e.caption, &e.trigger, cfg.caption_dropout, cfg.shuffle_caption, cfg.keep_tokens, &mut self.rng)
+                } else {
+                    (e.caption.clone(), e.plain_caption.clone())
+                }
+            })
+            .unzip()
+    }
+
+    /// The losses and the adapter's gradients of micro-batch `micro` of `step`.
+    fn micro_batch(&mut self, step: usize, micro: usize) -> Result<(LossTerms, Vec<Tensor<1>>)> {
+        let cfg = self.cfg;
+        let idx = self.data.batch(step * cfg.grad_accum + micro, cfg.batch, cfg.seed);
+        let x0 = self.latents(&idx)?;
+        let (zt, t, target) = noised(x0, &self.noise, self.sd.scheduler.prediction_type, cfg, &mut self.rng)?;
+        let sample_weights = self.min_snr_weights(&t);
+        let prior = self.prior_batch()?;
+        let leaves = self.params.install(&mut AdapterParams { targets: &mut self.sd.targets(), adapter: &self.adapter }, true);
+        let (caption_texts, plain_texts) = self.captions(&idx);
+
+        let (sd, data, each_step) = (&self.sd, &self.data, self.text_each_step);
+        // A conditioning: the texts encoded now, or the rows of `cached` for the batch.
+        let encode = |texts: &[String], cached: &dyn Fn(usize) -> Tensor<3>| {
+            if each_step {
+                sd.encode_prompts(&texts.iter().map(String::as_str).collect::<Vec<_>>(), 1)
+            } else {
+                Tensor::cat(idx.iter().map(|&i| cached(i)).collect(), 0)
+            }
+        };
+        let encode_trigger = || encode(&caption_texts, &|i| data.cond[i].trigger.clone());
+        // The preservation terms, on every `preserve_every`-th step, weighted that many times.
+        let now: &[PreserveWeight] = if step.is_multiple_of(cfg.preserve_every) { &self.preserve } else { &[] };
+        let texts: Vec<Vec<String>> = now
+            .iter()
+            .map(|p| {
+                let each = idx.iter().zip(caption_texts.iter().zip(&plain_texts));
+                each.map(|(&i, (c, plain))| data.examples[i].preserve_caption(p.target, c, plain)).collect()
+            })
+            .collect();
+        let encoders: Vec<_> = now
+            .iter()
+            .zip(&texts)
+            .map(|(p, texts)| {
+                let target = p.target;
+                move || encode(texts, &|i| data.cond[i].preserve.iter().find(|(p, _)| *p == target).expect("encoded once").1.clone())
+            })
+            .collect();
+        let prior_cond = prior.as_ref().map(|p| p.cond.clone());
+        let encode_prior = || prior_cond.clone().expect("prior conditioning");
+        let inputs = StepInputs {
+            zt,
+            timesteps: t.iter().map(|&t| t as f64).collect(),
+            target,
+            cond_trigger: &encode_trigger as Cond<'_>,
+            preserve: now
+                .iter()
+                .zip(&encoders)
+                .map(|(p, e)| PreserveTerm { target: p.target, cond: e as Cond<'_>, weight: p.weight * cfg.preserve_every as f64 })
+                .collect(),
+            dco_beta: (cfg.method == Method::Dco).then_some(cfg.dco_beta),
+            sample_weights,
+            prior: prior.as_ref().map(|p| PriorTerm {
+                zt: p.zt.clone(),
+                timesteps: p.t.iter().map(|&t| t as f64).collect(),
+                target: p.target.clone(),
+                cond: &encode_prior as Cond<'_>,
+                weight: cfg.prior_weight,
+            }),
+        };
+        cat_gradients(&sd.unet, &self.adapter.gate, &self.params, &leaves, &inputs).with_context(|| {
+            format!("step {}: training stopped; the last good checkpoint stays in {}", step + 1, self.paths.checkpoint.display())
+        })
+    }
+
+    /// Clips the gradients as the settings ask and takes one AdamW step at `step`'s learning
+    /// rates; returns the UNet's.
+    fn update(&mut self, step: usize, mut grads: Vec<Tensor<1>>) -> f64 {
+        let cfg = self.cfg;
+        let lr = learning_rate(cfg.unet_lr.unwrap_or(cfg.lr), cfg.lr_schedule, cfg.warmup, step, cfg.steps);
+        let te_lr = learning_rate(cfg.text_encoder_lr.unwrap_or(cfg.lr), cfg.lr_schedule, cfg.warmup, step, cfg.steps);
+        let lrs: Vec<f64> = self.params.names.iter().map(|n| if n.starts_with("text_encoder.") { te_lr } else { lr }).collect();
         if cfg.max_grad_norm > 0.0 {
             let norm = global_norm(&grads);
             clip_to_norm(&mut grads, norm, cfg.max_grad_norm);
         }
-        opt.update_each(&mut params.values, &grads, &lrs);
-        last = terms;
-        let mut line = serde_json::json!({"step": step + 1, "lr": lr});
-        for (name, value) in terms.named() {
+        self.opt.update_each(&mut self.params.values, &grads, &lrs);
+        lr
+    }
+
+    /// Appends one line to the JSONL log: `line` with the named values added.
+    fn log(&mut self, line: &serde_json::Value, values: impl IntoIterator<Item = (&'static str, f64)>) -> Result<()> {
+        let mut line = line.clone();
+        for (name, value) in values {
             line[name] = value.into();
         }
-        writeln!(log, "{line}").with_context(|| format!("cannot write {}", paths.log.display()))?;
-        progress.step(step + 1, &terms, lr);
+        writeln!(self.log, "{line}").with_context(|| format!("cannot write {}", self.paths.log.display()))
+    }
 
-        let done = step + 1;
-        let save_now = cfg.save_every > 0 && done % cfg.save_every == 0;
+    /// The model with the adapter's current values, for saving, sampling or evaluating.
+    fn install(&mut self) {
+        self.params.install(&mut AdapterParams { targets: &mut self.sd.targets(), adapter: &self.adapter }, false);
+    }
+
+    /// What happens after step `done` as the settings ask: the checkpoint, a snapshot, an
+    /// evaluation, samples.
+    fn after_step(&mut self, done: usize, last: LossTerms, progress: &mut dyn Progress) -> Result<()> {
+        let cfg = self.cfg;
+        let save_now = cfg.save_every > 0 && done.is_multiple_of(cfg.save_every);
         // The last step always leaves a checkpoint, so that a resume with more steps continues.
         if save_now || done == cfg.steps {
-            let state = State { step: done, rng: rng.state(), adam_step: opt.step, config: config_json.clone(), last };
-            checkpoint::save(&paths.checkpoint, &state, &params, &opt)?;
+            let state = State { step: done, rng: self.rng.state(), adam_step: self.opt.step, config: self.config_json.clone(), last };
+            checkpoint::save(&self.paths.checkpoint, &state, &self.params, &self.opt)?;
         }
         if save_now && done < cfg.steps {
-            params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
-            write_adapter(&mut sd, &adapter, cfg, &data, done, &paths.snapshot(done))?;
+            self.install();
+            write_adapter(&mut self.sd, &self.adapter, cfg, &self.data, done, &self.paths.snapshot(done))?;
         }
-        if let Some(m) = monitor.as_ref().filter(|_| done % cfg.eval_every == 0) {
-            params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
-            let scores = m.score(&sd).with_context(|| format!("evaluating step {done}"))?;
-            writeln!(log, "{}", serde_json::json!({"step": done, "eval": scores}))
-                .with_context(|| format!("cannot write {}", paths.log.display()))?;
+        if self.monitor.is_some() && done.is_multiple_of(cfg.eval_every) {
+            self.install();
+            let scores = self.monitor.as_ref().expect("checked").score(&self.sd).with_context(|| format!("evaluating step {done}"))?;
+            self.log(&serde_json::json!({"step": done, "eval": scores}), [])?;
             progress.message(&format!(
                 "step {done}: KPS {:.4}, identity {:.4}, prompt {:.4}",
                 scores.kps, scores.identity_similarity, scores.prompt_similarity
             ));
             // --keep-best chooses among saved adapters; the last step's is the output itself.
             if cfg.keep_best && !save_now && done < cfg.steps {
-                write_adapter(&mut sd, &adapter, cfg, &data, done, &paths.snapshot(done))?;
+                write_adapter(&mut self.sd, &self.adapter, cfg, &self.data, done, &self.paths.snapshot(done))?;
             }
         }
-        if cfg.sample_every > 0 && done % cfg.sample_every == 0 {
-            params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
-            write_samples(&sd, cfg, &paths, done)?;
+        if cfg.sample_every > 0 && done.is_multiple_of(cfg.sample_every) {
+            self.install();
+            write_samples(&self.sd, cfg, &self.paths, done)?;
         }
+        Ok(())
     }
-    log.flush()?;
 
-    params.install(&mut AdapterParams { targets: &mut sd.targets(), adapter: &adapter }, false);
-    write_adapter(&mut sd, &adapter, cfg, &data, cfg.steps, &paths.adapter)?;
-    if cfg.keep_best {
-        keep_best(&paths, cfg.steps, progress)?;
+    /// Writes the adapter (and, with --keep-best, the best evaluated one).
+    fn finish(mut self, last: LossTerms, progress: &mut dyn Progress) -> Result<Outcome> {
+        let cfg = self.cfg;
+        self.log.flush()?;
+        self.install();
+        write_adapter(&mut self.sd, &self.adapter, cfg, &self.data, cfg.steps, &self.paths.adapter)?;
+        if cfg.keep_best {
+            keep_best(&self.paths, cfg.steps, progress)?;
+        }
+        Ok(Outcome { paths: self.paths, steps: cfg.steps, last })
     }
-    Ok(Outcome { paths, steps: cfg.steps, last })
 }
 
 /// Copies the adapter of the evaluated step [`pick_best`] chooses (from the whole log, earlier
