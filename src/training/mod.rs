@@ -9,6 +9,7 @@ pub mod metadata;
 pub mod monitor;
 pub mod objective;
 pub mod params;
+pub mod preflight;
 pub mod sample_prompt;
 pub mod schedule;
 pub mod trainer;
