@@ -38,6 +38,10 @@ fn demo_runs_on_the_embedded_models_and_shows_the_claims() {
         }
         assert!(out.join(format!("guided/images/{method}/plain/p03-s31.png")).is_file(), "guided images of {method} missing");
     }
+    // Each adapter's training time, the cost side of the preservation terms.
+    let times = r["train_seconds"].as_object().unwrap();
+    assert_eq!(times.len(), methods.len() - 1, "{times:?}");
+    assert!(times.values().all(|t| t.as_f64().is_some_and(|t| t > 0.0)), "{times:?}");
     // The paper's four claims for CAT and for CAT + blank, without guidance and at CFG 3.
     let claims = r["claims"].as_array().unwrap();
     assert_eq!(claims.len(), 16);

@@ -14,6 +14,7 @@ use catlora::rng::Rng;
 use catlora::toy::architecture;
 use catlora::toy::clip::TrainableClip;
 use catlora::toy::eval::{self, SampleSettings};
+use catlora::toy::folders;
 use catlora::toy::params::{ModelParams, round_to_f16, torch_tensors, write_safetensors};
 use catlora::toy::pretrain::{self, PretrainOptions, clip_pixels};
 use catlora::toy::reading;
@@ -157,7 +158,7 @@ fn saved_weights_load_back_identically() {
     round_to_f16(&mut hp.params);
     hp.install(&mut clip, false);
     let clip_dir = dir.join("clip");
-    pretrain::write_clip(&clip_dir, &hp, &fixtures().join("tiny-clip")).unwrap();
+    folders::write_clip(&clip_dir, &hp, &fixtures().join("tiny-clip")).unwrap();
     let loaded = ClipModel::load(&clip_dir, &dev).unwrap();
     let samples = World::new(3).samples(3);
     let px: Vec<f32> = samples.iter().flat_map(|s| clip_pixels(&s.image)).collect();

@@ -2,6 +2,10 @@
 //! AUTOMATIC1111, PEFT / diffusers, and diffusers' older attention-processor naming) into one data
 //! model, and writing the kohya and PEFT forms. Pure data in, pure data out: no model code here;
 //! the caller checks the shapes against the model (`in_features`, `out_features`).
+//!
+//! One file on purpose, though long: the three namings are one mapping (module path <-> key) read
+//! in both directions, and every problem of a file is collected and reported at once, which
+//! needs the readers side by side.
 use crate::io::safetensors::{self, OwnedTensor, SafeTensorsFile, StoreAs};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};

@@ -134,6 +134,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
             println!("  {name:<10} CFG {cfg}: {}", demo::colour_summary(&x.colours));
         }
     }
+    let times: Vec<String> = r.train_seconds.iter().map(|(name, t)| format!("{name} {t:.1}")).collect();
+    println!("training, s ({} at a time): {}", opts.jobs, times.join(", "));
     for c in &r.claims {
         println!("{} {}", if c.holds { "holds:" } else { "DOES NOT HOLD:" }, c.claim);
     }

@@ -176,6 +176,9 @@ pub struct DemoResults {
     pub methods: BTreeMap<String, MethodResult>,
     pub claims: Vec<Claim>,
     pub seconds: f64,
+    /// Wall time of each adapter's training, seconds: the cost side of the preservation terms
+    /// (with `jobs` above 1 the runs share the CPU, so compare runs made with the same `jobs`).
+    pub train_seconds: BTreeMap<String, f64>,
 }
 
 /// Ground truth of the trigger-less images of one model.
@@ -304,7 +307,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     }
     let names: Vec<&str> = runs.iter().map(|(name, _)| *name).collect();
     progress.stage(&format!("training {} ({} steps each, {} at a time)", names.join(", "), opts.steps, opts.jobs.min(runs.len())));
-    train_all(&runs, opts.jobs, progress)?;
+    let train_seconds = train_all(&runs, opts.jobs, progress)?;
     let adapters: Vec<PathBuf> = runs.iter().map(|(_, cfg)| cfg.out.clone()).collect();
 
     let eval_opts = EvalOptions {
@@ -350,28 +353,30 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
             all_claims.extend(claims(&at(*is_guided), method, label));
         }
     }
-    let results = DemoResults { settings: opts.clone(), methods, claims: all_claims, seconds: started.elapsed().as_secs_f64() };
+    let results =
+        DemoResults { settings: opts.clone(), methods, claims: all_claims, seconds: started.elapsed().as_secs_f64(), train_seconds };
     let mut notes = String::from("<h2>The paper's claims in this run</h2><ul>");
     for c in &results.claims {
         notes.push_str(&format!("<li>{} {}</li>", if c.holds { "&#10003;" } else { "&#10007; does not hold:" }, c.claim));
     }
-    notes.push_str("</ul><h2>Every method at each guidance</h2><table><tr><th>method</th><th>guidance</th><th>KPS</th><th>identity</th><th>prompt</th><th>diversity</th><th>copy rate</th><th>colour diversity</th><th>colours of the class images</th></tr>");
+    notes.push_str("</ul><h2>Every method at each guidance</h2><table><tr><th>method</th><th>guidance</th><th>KPS</th><th>identity</th><th>prompt</th><th>diversity</th><th>copy rate</th><th>colour diversity</th><th>colours of the class images</th><th>training, s</th></tr>");
     for (name, m) in &results.methods {
         let rows = std::iter::once((opts.cfg, &m.metrics)).chain(opts.guided_cfg.zip(m.guided.as_ref()));
         for (cfg, x) in rows {
             notes.push_str(&format!(
-                "<tr><td>{name}</td><td>{cfg}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td></tr>",
+                "<tr><td>{name}</td><td>{cfg}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
                 x.kps.map_or("-".into(), |k| format!("{k:.4}")),
                 x.identity_similarity,
                 x.prompt_similarity,
                 x.diversity,
                 x.copy_rate,
                 x.colour_diversity,
-                colour_summary(&x.colours)
+                colour_summary(&x.colours),
+                results.train_seconds.get(name).map_or("-".into(), |t| format!("{t:.1}"))
             ));
         }
     }
-    notes.push_str("</table><p class=\"note\">Guidance g subtracts g - 1 times whatever an adapter changes in the unconditional prediction, which only the blank target trains. copy rate: share of trigger-less class images that copy the personal object's cyan-and-pink look. colour diversity: effective number of dominant colours, exp(entropy), among those images. Both read off the pixels with the toy world's ground-truth classifiers.</p>");
+    notes.push_str("</table><p class=\"note\">Guidance g subtracts g - 1 times whatever an adapter changes in the unconditional prediction, which only the blank target trains. copy rate: share of trigger-less class images that copy the personal object's cyan-and-pink look. colour diversity: effective number of dominant colours, exp(entropy), among those images. Both read off the pixels with the toy world's ground-truth classifiers. training: wall time of each adapter's training (each preservation term adds a forward and backward pass with the adapter and a forward pass without it; --preserve-every K computes them on every K-th step); with --jobs above 1 the trainings share the CPU.</p>");
     let title = "catlora demo: LoRA, CAT, the preservation targets, DCO and DreamBooth in the shapes world";
     write_outputs(&eval_opts.out, &g.results, &adapters, title, &notes)?;
     std::fs::copy(eval_opts.out.join("report.html"), out.join("report.html.tmp")).context("copying the report")?;
@@ -425,27 +430,30 @@ impl Progress for Forward {
     }
 }
 
-/// Trains the adapters, `jobs` at a time. Each run reads only its own settings and the shared
-/// training images and writes only its own files, so the adapters are the same bytes for any
-/// number of threads.
-fn train_all(runs: &[(&'static str, TrainConfig)], jobs: usize, progress: &mut dyn DemoProgress) -> Result<()> {
+/// Trains the adapters, `jobs` at a time, and returns each one's wall time by name. Each run
+/// reads only its own settings and the shared training images and writes only its own files, so
+/// the adapters are the same bytes for any number of threads.
+fn train_all(runs: &[(&'static str, TrainConfig)], jobs: usize, progress: &mut dyn DemoProgress) -> Result<BTreeMap<String, f64>> {
     progress.start(0, runs.iter().map(|(_, cfg)| cfg.steps).sum());
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel();
+    let seconds = std::sync::Mutex::new(BTreeMap::new());
     let outcomes: Vec<Result<()>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..jobs.clamp(1, runs.len()))
             .map(|_| {
                 let tx = tx.clone();
-                let (next, failed) = (&next, &failed);
+                let (next, failed, seconds) = (&next, &failed, &seconds);
                 s.spawn(move || -> Result<()> {
                     while !failed.load(Ordering::Relaxed) {
                         let Some((name, cfg)) = runs.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        let started = Instant::now();
                         let outcome = train(cfg, None, &mut Forward { name, tx: tx.clone() });
                         if let Err(e) = outcome {
                             failed.store(true, Ordering::Relaxed);
                             return Err(e.context(format!("training the {name} adapter")));
                         }
+                        seconds.lock().expect("no thread panicked holding it").insert(name.to_string(), started.elapsed().as_secs_f64());
                     }
                     Ok(())
                 })
@@ -460,7 +468,8 @@ fn train_all(runs: &[(&'static str, TrainConfig)], jobs: usize, progress: &mut d
         }
         handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
     });
-    outcomes.into_iter().collect()
+    outcomes.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(seconds.into_inner().expect("no thread panicked holding it"))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod assets;
 pub mod clip;
 pub mod demo;
 pub mod eval;
+pub mod folders;
 pub mod params;
 pub mod pretrain;
 pub mod reading;

@@ -19,11 +19,9 @@
 //! Every parameter is trained through its model's `visit` (see `params`). Each model is rounded
 //! to half precision before the next stage uses it, and saved in half precision, so later stages
 //! see exactly the weights that ship. Everything is a function of the seed.
-use super::architecture::{
-    SCHEDULER_CONFIG, clip_config_json, model_index_json, preprocessor_config_json, text_config_json, unet_config_json, vae_config_json,
-    vision_config_json,
-};
+use super::architecture::{SCHEDULER_CONFIG, model_index_json, text_config_json, unet_config_json, vae_config_json, vision_config_json};
 use super::clip::TrainableClip;
+use super::folders::{TOKENIZER_FILES, copy_dir, copy_tokenizer, write_clip, write_json, write_unet};
 use super::params::{ModelParams, StepOptions, lr_at, round_to_f16, torch_tensors, write_safetensors};
 use super::world::{self, Background, CaptionStyle, Scene, World};
 use crate::evaluation::clip::{OPENAI_MEAN, OPENAI_STD};
@@ -150,14 +148,6 @@ fn parse<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
     serde_json::from_value(v).with_context(|| format!("the toy {what} configuration"))
 }
 
-fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
-    s.push('\n');
-    crate::io::atomic::write(path, s.as_bytes())
-}
-
-const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
-
 fn tokenizer_source(opts: &PretrainOptions) -> Result<PathBuf> {
     let candidates = match &opts.tokenizer_dir {
         Some(d) => vec![d.clone()],
@@ -173,14 +163,6 @@ fn tokenizer_source(opts: &PretrainOptions) -> Result<PathBuf> {
         TOKENIZER_FILES.join(" and "),
         candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
     )
-}
-
-fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
-    for f in TOKENIZER_FILES {
-        let bytes = std::fs::read(from.join(f)).with_context(|| format!("cannot read {}", from.join(f).display()))?;
-        crate::io::atomic::write(&to.join(f), &bytes)?;
-    }
-    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -368,21 +350,6 @@ fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> R
     Ok((clip, hp, last))
 }
 
-/// Writes a `CLIPModel` folder: the weights of `hp` (a [`TrainableClip`]'s) in half precision,
-/// `config.json`, `preprocessor_config.json` and the tokenizer files copied from `tokenizer_from`.
-pub fn write_clip(dir: &Path, hp: &ModelParams, tokenizer_from: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tensors = torch_tensors(&hp.params, |n| Some(n.to_string()));
-    // transformers stores the temperature as a 0-d tensor.
-    if let Some(t) = tensors.get_mut("logit_scale") {
-        t.shape = vec![];
-    }
-    write_safetensors(&dir.join("model.safetensors"), &tensors, StoreAs::F16)?;
-    write_json(&dir.join("config.json"), &clip_config_json())?;
-    write_json(&dir.join("preprocessor_config.json"), &preprocessor_config_json())?;
-    copy_tokenizer(tokenizer_from, dir)
-}
-
 /// Trains the VAE; returns it (half-precision-rounded) and its final loss.
 fn train_vae(opts: &PretrainOptions, device: &Device) -> Result<(Vae, ModelParams, f64)> {
     let cfg: VaeConfig = parse(vae_config_json(1.0), "VAE")?;
@@ -537,22 +504,6 @@ fn train_unet(
     round_to_f16(&mut hp.params);
     hp.install(&mut unet, false);
     Ok((unet, hp, last))
-}
-
-fn write_unet(dir: &Path, params: &Params) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &torch_tensors(params, |n| Some(n.to_string())), StoreAs::F16)?;
-    write_json(&dir.join("config.json"), &unet_config_json())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
-        let e = e?;
-        let bytes = std::fs::read(e.path())?;
-        crate::io::atomic::write(&to.join(e.file_name()), &bytes)?;
-    }
-    Ok(())
 }
 
 /// Trains every toy base model from seeded random weights and writes `out_dir/sd` (a diffusers
