@@ -74,6 +74,14 @@ impl NoiseSchedule {
         r * r
     }
 
+    /// Min-SNR-γ loss weight of timestep `t` (Hang et al. 2023): `min(snr, γ) / snr` for an
+    /// epsilon target, `min(snr, γ) / (snr + 1)` for a v target.
+    pub fn min_snr_weight(&self, t: usize, gamma: f64, prediction: super::PredictionType) -> f32 {
+        let snr = self.snr(t) as f64;
+        let w = snr.min(gamma);
+        (if prediction == super::PredictionType::VPrediction { w / (snr + 1.0) } else { w / snr }) as f32
+    }
+
     /// [B, 1, 1, 1] tensors of sqrt(acp_t) and sqrt(1 - acp_t) that broadcast over a batch.
     fn per_sample(&self, x: &Tensor<4>, t: &[usize]) -> (Tensor<4>, Tensor<4>) {
         let b = x.dims()[0];

@@ -35,7 +35,7 @@ use crate::models::unet::UNet;
 use crate::models::vae::Vae;
 use crate::models::weights::Weights;
 use crate::rng::Rng;
-use crate::schedulers::{NoiseSchedule, SchedulerConfig};
+use crate::schedulers::{NoiseSchedule, PredictionType, SchedulerConfig};
 use crate::training::adamw::AdamWConfig;
 use crate::training::params::Params;
 use anyhow::{Context, Result, bail};
@@ -427,19 +427,20 @@ fn encode_captions(te: &ClipTextModel, tok: &ClipTokenizer, captions: &[String])
     out
 }
 
+/// The UNet's training pool: world scenes, their VAE latent distributions (flat, one image after
+/// another), the VAE's scaling factor and the text encodings of every caption.
+struct UnetPool<'a> {
+    scenes: &'a [Scene],
+    means: &'a [f32],
+    logvars: &'a [f32],
+    scaling: f32,
+    contexts: &'a HashMap<String, Vec<f32>>,
+}
+
 /// Trains the UNet on the pool of encoded world images; returns it (moving average,
 /// half-precision-rounded) and its final loss.
-#[allow(clippy::too_many_arguments)]
-fn train_unet(
-    opts: &PretrainOptions,
-    out_dir: &Path,
-    scenes: &[Scene],
-    means: &[f32],
-    logvars: &[f32],
-    scaling: f32,
-    contexts: &HashMap<String, Vec<f32>>,
-    device: &Device,
-) -> Result<(UNet, ModelParams, f64)> {
+fn train_unet(opts: &PretrainOptions, out_dir: &Path, pool: &UnetPool, device: &Device) -> Result<(UNet, ModelParams, f64)> {
+    let UnetPool { scenes, means, logvars, scaling, contexts } = *pool;
     let cfg: UNetConfig = parse(unet_config_json(), "UNet")?;
     let mut unet = UNet::load(&Weights::random(opts.seed ^ 0x0e7, device), &cfg)?;
     let mut hp = ModelParams::collect(&mut unet, AdamWConfig::default());
@@ -475,7 +476,7 @@ fn train_unet(
         let zt = noise.add_noise(x0, eps.clone(), &t);
         let ctx = Tensor::<3>::from_data(TensorData::new(ctx, [s.batch, 77, ctx_len / 77]), device);
         // min-SNR-5 weighting of the epsilon loss.
-        let w: Vec<f32> = t.iter().map(|&t| (noise.snr(t).min(5.0) / noise.snr(t)).min(1.0)).collect();
+        let w: Vec<f32> = t.iter().map(|&t| noise.min_snr_weight(t, 5.0, PredictionType::Epsilon)).collect();
         let w = Tensor::<1>::from_data(TensorData::new(w, [s.batch]), device);
         let ts: Vec<f64> = t.iter().map(|&t| t as f64).collect();
 
@@ -624,7 +625,12 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     captions.dedup();
     let contexts = encode_captions(&clip.towers.text, &tok, &captions);
     let scenes: Vec<Scene> = pool.into_iter().map(|s| s.scene).collect();
-    let (_unet, unet_hp, unet_loss) = train_unet(opts, out_dir, &scenes, &means, &logvars, scaling as f32, &contexts, &device)?;
+    let (_unet, unet_hp, unet_loss) = train_unet(
+        opts,
+        out_dir,
+        &UnetPool { scenes: &scenes, means: &means, logvars: &logvars, scaling: scaling as f32, contexts: &contexts },
+        &device,
+    )?;
     report.final_loss.insert("unet".into(), unet_loss);
     report.parameters.insert("unet".into(), unet_hp.count());
     write_unet(&sd_dir.join("unet"), &unet_hp.params)?;

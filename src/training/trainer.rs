@@ -331,16 +331,8 @@ impl<'c> Run<'c> {
     /// Min-SNR-γ weights of the timesteps `t` (Hang et al.), `None` when off.
     fn min_snr_weights(&self, t: &[usize]) -> Option<Vec<f32>> {
         let gamma = self.cfg.min_snr_gamma;
-        let v = self.sd.scheduler.prediction_type == PredictionType::VPrediction;
-        (gamma > 0.0).then(|| {
-            t.iter()
-                .map(|&t| {
-                    let snr = self.noise.snr(t) as f64;
-                    let w = snr.min(gamma);
-                    (if v { w / (snr + 1.0) } else { w / snr }) as f32
-                })
-                .collect()
-        })
+        let prediction = self.sd.scheduler.prediction_type;
+        (gamma > 0.0).then(|| t.iter().map(|&t| self.noise.min_snr_weight(t, gamma, prediction)).collect())
     }
 
     /// A batch of DreamBooth class images, noised.
