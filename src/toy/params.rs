@@ -95,15 +95,6 @@ pub fn torch_tensors(params: &Params, rename: impl Fn(&str) -> Option<String>) -
     out
 }
 
-/// Learning rate with linear warm-up then cosine decay to `floor * peak`.
-pub fn lr_at(step: usize, total: usize, peak: f64, warmup: usize, floor: f64) -> f64 {
-    if step < warmup {
-        return peak * (step + 1) as f64 / warmup as f64;
-    }
-    let p = (step - warmup) as f64 / (total - warmup).max(1) as f64;
-    peak * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()))
-}
-
 pub use crate::io::safetensors::{f16_to_f32, f32_to_f16};
 
 /// Writes tensors as a safetensors file with PyTorch's `{"format": "pt"}` metadata, atomically.

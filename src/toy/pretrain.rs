@@ -22,7 +22,7 @@
 use super::architecture::{SCHEDULER_CONFIG, model_index_json, text_config_json, unet_config_json, vae_config_json, vision_config_json};
 use super::clip::TrainableClip;
 use super::folders::{TOKENIZER_FILES, copy_dir, copy_tokenizer, write_clip, write_json, write_unet};
-use super::params::{ModelParams, StepOptions, lr_at, round_to_f16, torch_tensors, write_safetensors};
+use super::params::{ModelParams, StepOptions, round_to_f16, torch_tensors, write_safetensors};
 use super::world::{self, Background, CaptionStyle, Scene, World};
 use crate::evaluation::clip::{OPENAI_MEAN, OPENAI_STD};
 use crate::io::image::{RgbImage, rgb_to_tensor};
@@ -38,6 +38,7 @@ use crate::rng::Rng;
 use crate::schedulers::{NoiseSchedule, PredictionType, SchedulerConfig};
 use crate::training::adamw::AdamWConfig;
 use crate::training::params::Params;
+use crate::training::schedule::cosine_to_floor;
 use anyhow::{Context, Result, bail};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -327,7 +328,7 @@ fn train_clip(opts: &PretrainOptions, tok: &ClipTokenizer, device: &Device) -> R
         let lg = host(logits.clone());
         let grads = loss.backward();
         let keep = hp.scalar(scale_idx);
-        let lr = lr_at(step, s.steps, s.lr, s.steps / 20, 0.05);
+        let lr = cosine_to_floor(step, s.steps, s.lr, s.steps / 20, 0.05);
         hp.update(&leaves, &grads, StepOptions { lr, clip_norm: Some(1.0) })?;
         // No weight decay on the temperature (undo it), and a logit scale of at most 100, as CLIP.
         let undecayed = hp.scalar(scale_idx) + keep * (lr * hp.opt.config.weight_decay) as f32;
@@ -378,7 +379,7 @@ fn train_vae(opts: &PretrainOptions, device: &Device) -> Result<(Vae, ModelParam
         let loss = mse.clone() + l1 + kl.mul_scalar(opts.vae_kl as f32);
         let lv = scalar(mse);
         let grads = loss.backward();
-        hp.update(&leaves, &grads, StepOptions { lr: lr_at(step, s.steps, s.lr, s.steps / 20, 0.05), clip_norm: Some(1.0) })?;
+        hp.update(&leaves, &grads, StepOptions { lr: cosine_to_floor(step, s.steps, s.lr, s.steps / 20, 0.05), clip_norm: Some(1.0) })?;
         last = lv;
         meter.add(step, lv, String::new);
     }
@@ -486,7 +487,7 @@ fn train_unet(opts: &PretrainOptions, out_dir: &Path, pool: &UnetPool, device: &
         let loss = (per_sample * w).mean();
         let lv = scalar(loss.clone());
         let grads = loss.backward();
-        hp.update(&leaves, &grads, StepOptions { lr: lr_at(step, s.steps, s.lr, s.steps / 20, 0.05), clip_norm: Some(1.0) })?;
+        hp.update(&leaves, &grads, StepOptions { lr: cosine_to_floor(step, s.steps, s.lr, s.steps / 20, 0.05), clip_norm: Some(1.0) })?;
         let d = opts.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32;
         for (e, v) in ema.iter_mut().zip(&hp.params.values) {
             *e = e.clone().mul_scalar(d) + v.clone().mul_scalar(1.0 - d);

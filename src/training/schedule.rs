@@ -16,6 +16,16 @@ pub fn learning_rate(base: f64, schedule: Schedule, warmup: usize, step: usize, 
     }
 }
 
+/// Linear warm-up then cosine decay to `floor * peak`: the toy pretraining's schedule (kept
+/// apart from [`learning_rate`]'s cosine, which decays to 0, so that both keep their bits).
+pub fn cosine_to_floor(step: usize, total: usize, peak: f64, warmup: usize, floor: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let p = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    peak * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
