@@ -9,6 +9,7 @@ pub mod device;
 pub mod evaluation;
 pub mod fixtures;
 pub mod io;
+pub mod jobs;
 pub mod kernels;
 pub mod limits;
 pub mod models;

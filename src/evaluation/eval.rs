@@ -16,8 +16,7 @@ use crate::schedulers::SamplerKind;
 use crate::training::trigger::remove_trigger;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -171,52 +170,30 @@ pub fn evaluate_all(runs: &[EvalOptions], workers: usize, mut progress: impl FnM
     let mut jobs: Vec<(usize, usize)> = (0..runs.len()).flat_map(|r| (0..names.len()).map(move |m| (r, m))).collect();
     jobs.sort_by_key(|&(r, _)| runs[r].cfg == 1.0);
     let total: usize = jobs.iter().map(|&(r, _)| runs[r].prompts.len() * 2).sum();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let done: Vec<Mutex<Vec<ImageRecord>>> = jobs.iter().map(|_| Mutex::new(Vec::new())).collect();
-    let (tx, rx) = mpsc::channel::<String>();
-    let worker = |set: Option<ModelSet>, tx: mpsc::Sender<String>| -> Result<()> {
-        let set = match set {
-            Some(set) => set,
-            None => ModelSet::load(&first.model, &first.adapters, &crate::device::parse(&first.device)?)?.with_weights(&first.weights),
-        };
-        let mut say = |msg: &str| drop(tx.send(msg.to_string()));
-        while !failed.load(Ordering::Relaxed) {
-            let j = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(r, m)) = jobs.get(j) else { break };
-            let label = if runs.len() > 1 { format!("{} (CFG {})", names[m], runs[r].cfg) } else { names[m].clone() };
-            match generate_model(&runs[r], &set, m, &label, &mut say) {
-                Ok(images) => *done[j].lock().expect("no thread panicked holding it") = images,
-                Err(e) => {
-                    failed.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+    // The first thread takes the models loaded above; the others load their own.
+    let loaded = Mutex::new(Some(set));
+    let load = || match loaded.lock().expect("no thread panicked holding it").take() {
+        Some(set) => Ok(set),
+        None => Ok(ModelSet::load(&first.model, &first.adapters, &crate::device::parse(&first.device)?)?.with_weights(&first.weights)),
     };
-    let outcomes: Vec<Result<()>> = std::thread::scope(|s| {
-        let mut handles = vec![s.spawn({
-            let tx = tx.clone();
-            let worker = &worker;
-            move || worker(Some(set), tx)
-        })];
-        for _ in 1..workers.clamp(1, jobs.len()) {
-            let tx = tx.clone();
-            let worker = &worker;
-            handles.push(s.spawn(move || worker(None, tx)));
-        }
-        drop(tx);
-        for (k, msg) in rx.iter().enumerate() {
-            progress(&format!("[{}/{total}] {msg}", k + 1));
-        }
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    });
-    outcomes.into_iter().collect::<Result<Vec<()>>>()?;
+    let mut said = 0;
+    let done = crate::jobs::run(
+        &jobs,
+        workers,
+        load,
+        |set, &(r, m), tx| {
+            let label = if runs.len() > 1 { format!("{} (CFG {})", names[m], runs[r].cfg) } else { names[m].clone() };
+            generate_model(&runs[r], set, m, &label, &mut |msg| drop(tx.send(msg.to_string())))
+        },
+        |msg: String| {
+            said += 1;
+            progress(&format!("[{said}/{total}] {msg}"));
+        },
+    )?;
 
     let mut per_run: Vec<Vec<(usize, Vec<ImageRecord>)>> = runs.iter().map(|_| Vec::new()).collect();
     for (&(r, m), images) in jobs.iter().zip(done) {
-        per_run[r].push((m, images.into_inner().expect("no thread panicked holding it")));
+        per_run[r].push((m, images));
     }
     let mut out = Vec::with_capacity(runs.len());
     for (opts, mut models) in runs.iter().zip(per_run) {

@@ -3,7 +3,7 @@
 //! `CLIPModel`, used by the evaluation metrics.
 use super::clip_encoder::ClipEncoderLayer;
 use super::config::ClipTextConfig;
-use super::layers::{Layer, LayerNorm, LoraTarget, Walk};
+use super::layers::{Layer, LayerNorm, LoraTarget, Walk, adaptable};
 use super::path::{Param, Vs};
 use super::weights::Weights;
 use anyhow::Result;
@@ -103,14 +103,7 @@ impl Walk for ClipTextModel {
     /// Module paths as LoRA files name them, `text_model.encoder…`, whatever prefix the weights
     /// file used.
     fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
-        let prefix = self.prefix.clone();
-        let mut out = Vec::new();
-        self.walk(&mut |layer| {
-            if let Layer::Linear(l, true) = layer {
-                let local = if prefix.is_empty() { l.path.as_str() } else { &l.path[prefix.len() + 1..] };
-                out.push((format!("text_model.{local}"), LoraTarget::Linear(l)));
-            }
-        });
-        out
+        let skip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        adaptable(self).into_iter().map(|(path, t)| (format!("text_model.{}", &path[skip..]), t)).collect()
     }
 }

@@ -67,14 +67,19 @@ pub trait Walk {
 
     /// Every layer that can take a LoRA branch, by module path.
     fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
-        let mut out = Vec::new();
-        self.walk(&mut |layer| match layer {
-            Layer::Linear(l, true) => out.push((l.path.clone(), LoraTarget::Linear(l))),
-            Layer::Conv(c, true) => out.push((c.path.clone(), LoraTarget::Conv(c))),
-            _ => {}
-        });
-        out
+        adaptable(self)
     }
+}
+
+/// The layers of `model`'s walk that can take a LoRA branch, by the path they were loaded from.
+pub fn adaptable<W: Walk + ?Sized>(model: &mut W) -> Vec<(String, LoraTarget<'_>)> {
+    let mut out = Vec::new();
+    model.walk(&mut |layer| match layer {
+        Layer::Linear(l, true) => out.push((l.path.clone(), LoraTarget::Linear(l))),
+        Layer::Conv(c, true) => out.push((c.path.clone(), LoraTarget::Conv(c))),
+        _ => {}
+    });
+    out
 }
 
 /// `y = x W + b`, plus the active LoRA branches. The weight is kept as `[in, out]`.

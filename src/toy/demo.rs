@@ -29,7 +29,6 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -435,41 +434,25 @@ impl Progress for Forward {
 /// the adapters are the same bytes for any number of threads.
 fn train_all(runs: &[(&'static str, TrainConfig)], jobs: usize, progress: &mut dyn DemoProgress) -> Result<BTreeMap<String, f64>> {
     progress.start(0, runs.iter().map(|(_, cfg)| cfg.steps).sum());
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let (tx, rx) = mpsc::channel();
-    let seconds = std::sync::Mutex::new(BTreeMap::new());
-    let outcomes: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..jobs.clamp(1, runs.len()))
-            .map(|_| {
-                let tx = tx.clone();
-                let (next, failed, seconds) = (&next, &failed, &seconds);
-                s.spawn(move || -> Result<()> {
-                    while !failed.load(Ordering::Relaxed) {
-                        let Some((name, cfg)) = runs.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                        let started = Instant::now();
-                        let outcome = train(cfg, None, &mut Forward { name, tx: tx.clone() });
-                        if let Err(e) = outcome {
-                            failed.store(true, Ordering::Relaxed);
-                            return Err(e.context(format!("training the {name} adapter")));
-                        }
-                        seconds.lock().expect("no thread panicked holding it").insert(name.to_string(), started.elapsed().as_secs_f64());
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        drop(tx);
-        for (k, event) in rx.iter().enumerate() {
-            match event {
-                Event::Step(terms, lr) => progress.step(k + 1, &terms, lr),
-                Event::Message(msg) => progress.message(&msg),
+    let mut steps = 0;
+    let seconds = crate::jobs::run(
+        runs,
+        jobs,
+        || Ok(()),
+        |_, (name, cfg), tx| {
+            let started = Instant::now();
+            train(cfg, None, &mut Forward { name, tx: tx.clone() }).with_context(|| format!("training the {name} adapter"))?;
+            Ok(started.elapsed().as_secs_f64())
+        },
+        |event| match event {
+            Event::Step(terms, lr) => {
+                steps += 1;
+                progress.step(steps, &terms, lr);
             }
-        }
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    });
-    outcomes.into_iter().collect::<Result<Vec<()>>>()?;
-    Ok(seconds.into_inner().expect("no thread panicked holding it"))
+            Event::Message(msg) => progress.message(&msg),
+        },
+    )?;
+    Ok(runs.iter().map(|(name, _)| name.to_string()).zip(seconds).collect())
 }
 
 #[cfg(test)]
