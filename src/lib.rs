@@ -5,6 +5,7 @@
 //! (LoRA), `schedulers`, `pipeline` (text to image), `training` (CAT) and `evaluation`.
 pub mod adapters;
 pub mod bench;
+pub mod captions;
 pub mod device;
 pub mod evaluation;
 pub mod fixtures;

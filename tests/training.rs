@@ -254,7 +254,7 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     let err = format!("{:#}", train(&cfg, None, &mut Silent).err().expect("an overflowing run must fail"));
     assert!(err.contains("step 2") && err.contains("not finite") && err.contains("checkpoint"), "{err}");
     assert!(!cfg.out.exists(), "no adapter may be written by a failed run");
-    let paths = catlora::training::trainer::RunPaths::new(&cfg.out);
+    let paths = catlora::adapters::run_paths::RunPaths::new(&cfg.out);
     let ck = catlora::training::checkpoint::load(&paths.checkpoint).unwrap();
     assert_eq!(ck.state.step, 1);
     let log = std::fs::read_to_string(&paths.log).unwrap();

@@ -7,13 +7,14 @@ use super::report;
 pub use super::results::{EvalResults, ImageRecord, ModelScores};
 use crate::adapters::lora::{Adapter, attach_file};
 use crate::adapters::lora_file;
+use crate::adapters::run_paths::RunPaths;
+use crate::captions::{contains_phrase, remove_trigger};
 use crate::io::folder_name;
 use crate::io::image::load_rgb;
 use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate_seeded};
 use crate::schedulers::SamplerKind;
-use crate::training::trigger::remove_trigger;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -207,10 +208,7 @@ pub fn evaluate_all(runs: &[EvalOptions], workers: usize, mut progress: impl FnM
 
 /// The evaluation prompts, each with the trigger.
 fn trigger_prompts(opts: &EvalOptions) -> Vec<String> {
-    opts.prompts
-        .iter()
-        .map(|p| if crate::training::trigger::contains_phrase(p, &opts.trigger) { p.clone() } else { format!("{}, {p}", opts.trigger) })
-        .collect()
+    opts.prompts.iter().map(|p| if contains_phrase(p, &opts.trigger) { p.clone() } else { format!("{}, {p}", opts.trigger) }).collect()
 }
 
 /// Model `m`'s images: every prompt with and without the trigger, every seed, saved.
@@ -300,7 +298,7 @@ pub fn write_outputs(out: &Path, results: &EvalResults, adapters: &[PathBuf], ti
         .iter()
         .skip(1)
         .zip(adapters)
-        .map(|(m, a)| (m.name.clone(), crate::training::trainer::RunPaths::new(a).log))
+        .map(|(m, a)| (m.name.clone(), RunPaths::new(a).log))
         .filter(|(_, log)| log.is_file())
         .collect();
     let html = report::render(out, results, &logs, title, notes_html)?;

@@ -34,24 +34,32 @@ fn fmt(v: f64) -> String {
 /// and, when the run evaluated itself (`eval` lines), its KPS, identity and prompt similarity.
 fn loss_svg(name: &str, log: &Path) -> Result<String> {
     let text = std::fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
-    // Every term the trainer logs; those that stay 0 are dropped below.
-    let mut series: Vec<(&str, Vec<(f64, f64)>)> =
-        crate::training::objective::LossTerms::default().named().iter().map(|&(k, _)| (k, Vec::new())).collect();
+    // A step line holds the step, the learning rate (another scale, not drawn) and every loss
+    // term by name, the total as `loss`; terms that stay 0 are dropped below.
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut scores: Vec<(&str, Vec<(f64, f64)>)> =
         ["kps", "identity_similarity", "prompt_similarity"].iter().map(|&k| (k, Vec::new())).collect();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: malformed log line", log.display()))?;
         let step = v.get("step").and_then(|s| s.as_f64()).unwrap_or(0.0);
-        let (source, target) = match v.get("eval") {
-            Some(e) => (e, &mut scores),
-            None => (&v, &mut series),
-        };
-        for (key, pts) in target.iter_mut() {
-            if let Some(y) = source.get(*key).and_then(|y| y.as_f64()) {
-                pts.push((step, y));
+        if let Some(e) = v.get("eval") {
+            for (key, pts) in scores.iter_mut() {
+                if let Some(y) = e.get(*key).and_then(|y| y.as_f64()) {
+                    pts.push((step, y));
+                }
+            }
+            continue;
+        }
+        let terms = v.as_object().into_iter().flatten().filter(|(k, _)| !matches!(k.as_str(), "step" | "lr"));
+        for (key, y) in terms.filter_map(|(k, y)| Some((k, y.as_f64()?))) {
+            match series.iter_mut().find(|(k, _)| k == key) {
+                Some((_, pts)) => pts.push((step, y)),
+                None => series.push((key.clone(), vec![(step, y)])),
             }
         }
     }
+    // The total first, then the terms by name.
+    series.sort_by(|a, b| (a.0 != "loss", &a.0).cmp(&(b.0 != "loss", &b.0)));
     series.retain(|(_, p)| p.iter().any(|&(_, y)| y != 0.0));
     // Per-step losses are noisy (random timesteps): draw a moving average.
     let smooth = |p: &[(f64, f64)]| -> Vec<(f64, f64)> {
@@ -63,7 +71,7 @@ fn loss_svg(name: &str, log: &Path) -> Result<String> {
             })
             .collect()
     };
-    let curves: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(k, p)| (*k, smooth(p))).collect();
+    let curves: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(k, p)| (k.as_str(), smooth(p))).collect();
     let mut out = chart(name, &curves, &format!("{} (moving average)", escape(name)));
     scores.retain(|(_, p)| !p.is_empty());
     if !scores.is_empty() {
@@ -98,10 +106,11 @@ fn chart(name: &str, curves: &[(&str, Vec<(f64, f64)>)], caption: &str) -> Strin
         let c = colours[i % colours.len()];
         let _ = write!(
             s,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/><text x="{}" y="{}" font-size="11" fill="{c}">{key}</text>"#,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/><text x="{}" y="{}" font-size="11" fill="{c}">{k}</text>"#,
             points.join(" "),
             w - 80.0,
-            16.0 + 14.0 * i as f64
+            16.0 + 14.0 * i as f64,
+            k = escape(key)
         );
     }
     let _ = write!(s, "</svg><figcaption>{caption}</figcaption></figure>");
@@ -197,6 +206,26 @@ figure{{display:inline-block;margin:8px}} .note{{color:#555;max-width:60em}}</st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loss_chart_draws_each_logged_term_that_moves() {
+        let dir = std::env::temp_dir().join(format!("catlora-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("a.log.jsonl");
+        let lines = [
+            r#"{"step":1,"lr":0.5,"loss":0.3,"diffusion":0.2,"cat":0.1,"blank":0}"#,
+            r#"{"step":2,"lr":0.5,"loss":0.25,"diffusion":0.15,"cat":0.1,"blank":0}"#,
+            r#"{"step":2,"eval":{"kps":0.9}}"#,
+        ];
+        std::fs::write(&log, lines.join("\n")).unwrap();
+        let svg = loss_svg("a", &log).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let legend = |k: &str| svg.match_indices(&format!(">{k}</text>")).count();
+        assert_eq!([legend("loss"), legend("cat"), legend("diffusion"), legend("kps")], [1, 1, 1, 1], "{svg}");
+        assert_eq!([legend("lr"), legend("blank"), legend("step")], [0, 0, 0], "the rate, a zero term and the step are not drawn");
+        let order: Vec<usize> = ["loss", "cat", "diffusion"].iter().map(|k| svg.find(&format!(">{k}</text>")).unwrap()).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "the total first, then the terms by name");
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

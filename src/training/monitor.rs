@@ -5,7 +5,7 @@
 //! training images, prompt similarity against the trigger-less prompt. `--keep-best` then picks
 //! one evaluated step by [`pick_best`]'s rule.
 use super::config::TrainConfig;
-use super::trigger::{contains_phrase, remove_trigger};
+use crate::captions::{contains_phrase, remove_trigger};
 use crate::evaluation::clip::ClipModel;
 use crate::evaluation::metrics;
 use crate::io::image::RgbImage;

@@ -15,6 +15,7 @@ use super::schedule::learning_rate;
 use super::trigger::augment;
 use crate::adapters::lora::{Adapter, LoraConfig, attach_new, to_file};
 use crate::adapters::lora_file::{self, Format};
+use crate::adapters::run_paths::RunPaths;
 use crate::io::folder_name;
 use crate::io::image::{Crop, flip_horizontal, load_rgb, resize_and_crop, tensor_to_rgb8};
 use crate::pipeline::infotext::save_with_infotext;
@@ -25,7 +26,7 @@ use crate::schedulers::{NoiseSchedule, PredictionType, SamplerKind};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Receives the loop's progress (the CLI draws a bar; tests stay silent).
 pub trait Progress {
@@ -36,45 +37,6 @@ pub trait Progress {
 
 pub struct Silent;
 impl Progress for Silent {}
-
-/// Where a run's files go, all beside the adapter file.
-pub struct RunPaths {
-    pub adapter: PathBuf,
-    pub log: PathBuf,
-    pub checkpoint: PathBuf,
-    pub samples: PathBuf,
-    pub class_images: PathBuf,
-}
-
-impl RunPaths {
-    pub fn new(out: &Path) -> Self {
-        let stem = out.with_extension("");
-        let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", stem.display()));
-        Self {
-            adapter: out.to_path_buf(),
-            log: side(".log.jsonl"),
-            checkpoint: side(".checkpoint"),
-            samples: side(".samples"),
-            class_images: side(".class-images"),
-        }
-    }
-
-    /// The adapter saved after `step` steps (`--save-every`), kohya style: `<stem>-000500.safetensors`.
-    pub fn snapshot(&self, step: usize) -> PathBuf {
-        self.beside(&format!("{step:06}"))
-    }
-
-    /// The adapter `--keep-best` picks: `<stem>-best.safetensors`.
-    pub fn best(&self) -> PathBuf {
-        self.beside("best")
-    }
-
-    fn beside(&self, tag: &str) -> PathBuf {
-        let stem = self.adapter.with_extension("");
-        let ext = self.adapter.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "safetensors".into());
-        PathBuf::from(format!("{}-{tag}.{ext}", stem.display()))
-    }
-}
 
 pub struct Outcome {
     pub paths: RunPaths,
@@ -552,7 +514,7 @@ fn write_samples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, step
         let trigger = cfg.concepts.iter().find(|c| p.prompt.contains(c.trigger.as_str())).map(|c| c.trigger.as_str());
         let mut variants = vec![("trigger", p.prompt.clone())];
         if let Some(t) = trigger {
-            variants.push(("plain", super::trigger::remove_trigger(&p.prompt, t)));
+            variants.push(("plain", crate::captions::remove_trigger(&p.prompt, t)));
         }
         for (tag, text) in variants {
             let q = GenerateParams { prompt: text, ..p.clone() };
