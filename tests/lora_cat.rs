@@ -109,6 +109,7 @@ fn dco_gradient_matches_a_finite_difference() {
             dco_beta: dco,
             sample_weights: None,
             prior: None,
+            batch_passes: false,
         };
         let (terms, grads) = cat_gradients(&unet, &adapter.gate, params, &leaves, &inputs).unwrap();
         (terms, grads.iter().map(host).collect::<Vec<_>>())
@@ -142,4 +143,62 @@ fn dco_gradient_matches_a_finite_difference() {
     let fd = (at(1.0) - at(-1.0)) / (2.0 * h);
     println!("DCO: loss {}, |g| {norm:e}, finite difference {fd:e}", terms.dco);
     assert!((fd - norm).abs() <= 2e-3 * norm, "finite difference {fd:e} vs |g| {norm:e}");
+}
+
+/// `batch_passes` runs the diffusion, preservation and prior passes as one batch with one
+/// backward pass: every term and gradient as when they run one by one (DCO's slope included).
+#[test]
+fn batched_passes_give_the_terms_and_gradients_of_separate_passes() {
+    use catlora::training::objective::{PreserveTerm, PriorTerm, StepInputs, cat_gradients};
+    use catlora::training::params::{AdapterParams, Params, host};
+    let dev = device();
+    let r = reference();
+    let mut unet = unet();
+    let file = read_lora(&mut unet, FORMATS[1]);
+    let adapter = attach_file(&mut Targets { unet: &mut unet, text_encoder: None }, &file, 1.0, "fixture").unwrap();
+    let params = Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
+    let trigger = tensor::<3>(&r, "text_hidden", &dev).narrow(0, 0, 1);
+    let (plain, blank, class) = (trigger.clone().mul_scalar(0.5), trigger.clone().mul_scalar(-0.25), trigger.clone().mul_scalar(0.75));
+    let (ct, cp, cb, cc) = (|| trigger.clone(), || plain.clone(), || blank.clone(), || class.clone());
+    let (_, t) = r.i64("cat_t").unwrap();
+    let zt = tensor::<4>(&r, "cat_zt", &dev);
+    let eps = tensor::<4>(&r, "cat_eps", &dev);
+    let mut step = |batch_passes: bool| {
+        let leaves =
+            params.install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
+        let inputs = StepInputs {
+            zt: zt.clone(),
+            timesteps: vec![t[0] as f64],
+            target: eps.clone(),
+            cond_trigger: &ct,
+            preserve: vec![
+                PreserveTerm { target: Preserve::TriggerLess, cond: &cp, weight: 1.0 },
+                PreserveTerm { target: Preserve::Blank, cond: &cb, weight: 0.5 },
+            ],
+            dco_beta: Some(20.0),
+            sample_weights: Some(vec![0.8]),
+            prior: Some(PriorTerm {
+                zt: zt.clone().flip([3]),
+                timesteps: vec![t[0] as f64 / 2.0],
+                target: eps.clone().flip([2]),
+                cond: &cc,
+                weight: 0.7,
+            }),
+            batch_passes,
+        };
+        let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs).unwrap();
+        (terms, grads.iter().map(host).collect::<Vec<_>>())
+    };
+    let (one, one_grads) = step(false);
+    let (batched, batched_grads) = step(true);
+    let named = |t: &catlora::training::objective::LossTerms| t.named();
+    for ((name, a), (_, b)) in named(&one).into_iter().zip(named(&batched)) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-6), "{name}: {a} one by one, {b} batched");
+    }
+    assert!(one.dco > 0.0 && one.cat > 0.0 && one.blank > 0.0 && one.prior > 0.0, "every term is computed: {one:?}");
+    let largest = one_grads.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(largest > 0.0);
+    for (a, b) in one_grads.iter().flatten().zip(batched_grads.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-5 * largest, "{a} one by one, {b} batched (largest {largest:e})");
+    }
 }

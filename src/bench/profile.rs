@@ -65,6 +65,7 @@ pub fn run_phase(case: &BenchCase, phase: Phase) -> Result<()> {
                     dco_beta: None,
                     sample_weights: None,
                     prior: None,
+                    batch_passes: false,
                 };
                 let (_, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs)?;
                 opt.update(&mut params.values, &grads, 1e-4);

@@ -64,6 +64,13 @@ pub const LORA_STEP: Target = Target { what: "LoRA step, catlora / PyTorch", tim
 /// catlora runs the base pass without a graph and the two adapter passes one after the other.
 pub const CAT_STEP_VS_OFF: Target =
     Target { what: "CAT step, catlora / PyTorch adapter-off CAT", time: true, flex: Some(1.5), libtorch: Some(0.9) };
+/// The same with `--batch-passes` (the two adapter passes as one batch of two).
+pub const CAT_BATCHED_VS_OFF: Target =
+    Target { what: "CAT step, batched passes / PyTorch adapter-off", time: true, flex: Some(1.5), libtorch: Some(0.9) };
+pub const CAT_BATCHED_OVER_LORA: Target =
+    Target { what: "CAT step, batched passes / LoRA step (catlora)", time: true, flex: Some(2.5), libtorch: Some(2.5) };
+pub const CAT_BATCHED_PEAK_VS_OFF: Target =
+    Target { what: "CAT peak, batched passes / PyTorch adapter-off", time: false, flex: Some(1.0), libtorch: Some(1.0) };
 /// CAT against the authors' formulation (a second UNet copy).
 pub const CAT_STEP_VS_AUTHORS: Target =
     Target { what: "CAT step, catlora / PyTorch authors' CAT", time: true, flex: Some(1.5), libtorch: Some(1.0) };
@@ -112,6 +119,7 @@ pub fn train_verdicts(r: &TrainRow) -> Vec<Verdict> {
     let mut v = vec![
         verdict(&CAT_OVER_LORA, e, r.cat.step_ms / r.lora.step_ms, idle),
         verdict(&CAT_PEAK_OVER_LORA, e, r.cat.peak_above_load_mb() / r.lora.peak_above_load_mb(), idle),
+        verdict(&CAT_BATCHED_OVER_LORA, e, r.cat_batched.step_ms / r.lora.step_ms, idle),
     ];
     if let Some(t) = &r.torch_lora {
         v.push(verdict(&LORA_STEP, e, r.lora.step_ms / t.step_ms, idle));
@@ -120,6 +128,8 @@ pub fn train_verdicts(r: &TrainRow) -> Vec<Verdict> {
     if let Some(t) = &r.torch_cat_off {
         v.push(verdict(&CAT_STEP_VS_OFF, e, r.cat.step_ms / t.step_ms, idle));
         v.push(verdict(&CAT_PEAK_VS_OFF, e, r.cat.peak_above_load_mb() / t.peak_above_load_mb(), idle));
+        v.push(verdict(&CAT_BATCHED_VS_OFF, e, r.cat_batched.step_ms / t.step_ms, idle));
+        v.push(verdict(&CAT_BATCHED_PEAK_VS_OFF, e, r.cat_batched.peak_above_load_mb() / t.peak_above_load_mb(), idle));
     }
     if let Some(t) = &r.torch_cat_authors {
         v.push(verdict(&CAT_STEP_VS_AUTHORS, e, r.cat.step_ms / t.step_ms, idle));

@@ -25,6 +25,9 @@ pub enum TrainMethod {
     /// catlora's CAT (`cat_gradients`): the base prediction on the same UNet with the adapter
     /// switched off and no graph, then the two adapter passes, each with its own backward pass.
     Cat,
+    /// The same with the two adapter passes as one batch of two and one backward pass
+    /// (`--batch-passes`).
+    CatBatched,
     /// The CAT authors' formulation (PyTorch only): a second, frozen UNet copy for the base
     /// prediction, three forward passes, one backward through the two adapter passes.
     CatAuthors,
@@ -38,6 +41,7 @@ impl TrainMethod {
         match self {
             TrainMethod::Lora => "LoRA",
             TrainMethod::Cat => "CAT",
+            TrainMethod::CatBatched => "CAT (batched passes)",
             TrainMethod::CatAuthors => "CAT (authors')",
             TrainMethod::CatOff => "CAT (adapter off)",
         }
@@ -49,7 +53,9 @@ impl TrainMethod {
             TrainMethod::Lora => "lora",
             TrainMethod::CatAuthors => "cat_authors",
             TrainMethod::CatOff => "cat_off",
-            TrainMethod::Cat => bail!("catlora's CAT step has no PyTorch script; PyTorch's same algorithm is `cat_off`"),
+            TrainMethod::Cat | TrainMethod::CatBatched => {
+                bail!("catlora's CAT step has no PyTorch script; PyTorch's same algorithm is `cat_off`")
+            }
         })
     }
 }
@@ -156,7 +162,7 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
     anyhow::ensure!(st.rank >= 1, "rank must be at least 1");
     let lambda = match tc.method {
         TrainMethod::Lora => 0.0,
-        TrainMethod::Cat => {
+        TrainMethod::Cat | TrainMethod::CatBatched => {
             anyhow::ensure!(st.lambda != 0.0, "CAT with λ = 0 is plain LoRA");
             st.lambda
         }
@@ -212,6 +218,7 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
             dco_beta: None,
             sample_weights: None,
             prior: None,
+            batch_passes: tc.method == TrainMethod::CatBatched,
         };
         let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs)?;
         opt.update(&mut params.values, &grads, st.lr);
@@ -292,6 +299,7 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
 pub struct TrainRow {
     pub lora: TrainResult,
     pub cat: TrainResult,
+    pub cat_batched: TrainResult,
     pub torch_lora: Option<TrainResult>,
     pub torch_cat_authors: Option<TrainResult>,
     pub torch_cat_off: Option<TrainResult>,
@@ -313,7 +321,9 @@ pub fn run_train_bench(opts: &BenchOptions, settings: &TrainSettings) -> Result<
         };
         let lora = run(TrainMethod::Lora)?;
         let cat = run(TrainMethod::Cat)?;
-        let mut row = TrainRow { lora, cat, torch_lora: None, torch_cat_authors: None, torch_cat_off: None, idle: Idle::default() };
+        let cat_batched = run(TrainMethod::CatBatched)?;
+        let mut row =
+            TrainRow { lora, cat, cat_batched, torch_lora: None, torch_cat_authors: None, torch_cat_off: None, idle: Idle::default() };
         if let Some(py) = &opts.torch_python {
             eprintln!("torch: {} / LoRA, CAT (authors'), CAT (adapter off) ...", case.name);
             let methods = [TrainMethod::Lora, TrainMethod::CatAuthors, TrainMethod::CatOff];
@@ -322,7 +332,7 @@ pub fn run_train_bench(opts: &BenchOptions, settings: &TrainSettings) -> Result<
                     TrainMethod::Lora => row.torch_lora = Some(r),
                     TrainMethod::CatAuthors => row.torch_cat_authors = Some(r),
                     TrainMethod::CatOff => row.torch_cat_off = Some(r),
-                    TrainMethod::Cat => {}
+                    TrainMethod::Cat | TrainMethod::CatBatched => {}
                 }
             }
         }
@@ -356,6 +366,7 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
         settings.lambda
     )?;
     writeln!(out, "                passes, each with its own backward (3 forwards, 2 backwards)")?;
+    writeln!(out, "  catlora CAT(b): --batch-passes: the same base forward, then the 2 adapter passes as one batch of two, 1 backward")?;
     writeln!(out, "  torch LoRA:   peft add_adapter, zero_grad + forward + backward + AdamW.step")?;
     writeln!(
         out,
@@ -375,9 +386,9 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
     writeln!(out)?;
     let torch = rows.iter().any(|r| r.torch_lora.is_some());
     let heads: &[&str] = if torch {
-        &["catlora LoRA", "catlora CAT", "torch LoRA", "torch CAT(off)", "torch CAT(auth)"]
+        &["catlora LoRA", "catlora CAT", "catlora CAT(b)", "torch LoRA", "torch CAT(off)", "torch CAT(auth)"]
     } else {
-        &["catlora LoRA", "catlora CAT"]
+        &["catlora LoRA", "catlora CAT", "catlora CAT(b)"]
     };
     write!(out, "{:<10} {:<30}", "case", "metric")?;
     for h in heads {
@@ -385,7 +396,7 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
     }
     writeln!(out)?;
     for r in rows {
-        let mut cols = vec![Some(&r.lora), Some(&r.cat)];
+        let mut cols = vec![Some(&r.lora), Some(&r.cat), Some(&r.cat_batched)];
         if torch {
             cols.extend([r.torch_lora.as_ref(), r.torch_cat_off.as_ref(), r.torch_cat_authors.as_ref()]);
         }
@@ -480,8 +491,9 @@ mod tests {
     fn tiny_training_step_cases_run_and_give_sane_numbers() {
         let settings = TrainSettings::default();
         let run = |method| run_train_case(&TrainCase { case: tiny_case(2), method, settings: settings.clone() }).unwrap();
-        let (lora, cat) = (run(TrainMethod::Lora), run(TrainMethod::Cat));
-        for (r, method, forwards, lambda) in [(&lora, TrainMethod::Lora, 1, 0.0), (&cat, TrainMethod::Cat, 3, 1.0)] {
+        let (lora, cat, cat_batched) = (run(TrainMethod::Lora), run(TrainMethod::Cat), run(TrainMethod::CatBatched));
+        let cases = [(&lora, TrainMethod::Lora, 1, 0.0), (&cat, TrainMethod::Cat, 3, 1.0), (&cat_batched, TrainMethod::CatBatched, 3, 1.0)];
+        for (r, method, forwards, lambda) in cases {
             assert_eq!(r.method, method);
             assert_eq!((r.forwards, r.lambda, r.rank, r.iters), (forwards, lambda, 1, 2));
             assert_eq!(r.step_all_ms.len(), 2);
@@ -498,6 +510,7 @@ mod tests {
         assert_eq!(lora.params, cat.params);
         // Every `up` starts at zero: the first step's CAT term is zero and both losses agree.
         assert!((lora.first_loss - cat.first_loss).abs() <= 1e-6 * lora.first_loss, "{} vs {}", lora.first_loss, cat.first_loss);
+        assert!((cat_batched.loss - cat.loss).abs() <= 1e-5 * cat.loss, "{} vs {}", cat_batched.loss, cat.loss);
         assert_eq!(lora.loss_cat, 0.0);
         // Only the CAT child times its parts.
         assert!(lora.base_forward_ms.is_none() && lora.adapter_pass_ms.is_none());
@@ -507,7 +520,7 @@ mod tests {
         let back: Vec<TrainResult> = parse_lines(&format!("noise\n{}\n", serde_json::to_string(&cat).unwrap())).unwrap();
         assert_eq!((back.len(), back[0].method), (1, TrainMethod::Cat));
         let idle = Idle { load_before: Some(0.0), load_after: Some(0.0), others: Some(0.0) };
-        let row = TrainRow { lora, cat, torch_lora: None, torch_cat_authors: None, torch_cat_off: None, idle };
+        let row = TrainRow { lora, cat, cat_batched, torch_lora: None, torch_cat_authors: None, torch_cat_off: None, idle };
         let mut text = Vec::new();
         print_train_table(std::slice::from_ref(&row), &settings, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();

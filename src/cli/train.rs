@@ -49,6 +49,11 @@ pub struct TrainArgs {
     /// gradient at about 1/k of their cost) [default: 1].
     #[arg(long, value_name = "K")]
     pub preserve_every: Option<usize>,
+    /// Run each step's adapter passes (diffusion, preservation, prior) as one batch with one
+    /// backward pass: the same gradient, faster (measured: README, Performance), with the
+    /// activation memory of the wider batch (`--batch-passes=false` undoes a config file's setting).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub batch_passes: Option<bool>,
     /// DCO's β (--method dco) [default: 1000].
     #[arg(long, value_name = "F")]
     pub dco_beta: Option<f64>,
@@ -330,6 +335,7 @@ pub fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
         c.preserve = list.0.clone();
     }
     set(&mut c.preserve_every, &a.preserve_every);
+    set(&mut c.batch_passes, &a.batch_passes);
     set(&mut c.dco_beta, &a.dco_beta);
     set(&mut c.prior_weight, &a.prior_weight);
     set(&mut c.class_images, &a.class_images);
@@ -549,8 +555,10 @@ mod tests {
             "cat",
             "--cat-weight",
             "0.5",
+            "--batch-passes",
         ]);
         let c = parse(&args).unwrap();
+        assert!(c.batch_passes && !TrainConfig::default().batch_passes);
         assert_eq!((c.method, c.rank, c.alpha, c.lr, c.lr_schedule), (Method::Dreambooth, 8, 16.0, 5e-5, Schedule::Cosine));
         assert_eq!((c.warmup, c.steps, c.batch, c.grad_accum, c.flip, c.random_crop), (10, 20, 2, 3, true, false));
         assert_eq!((c.min_snr_gamma, c.seed, c.format, c.cat_weight), (5.0, 7, FileFormat::Diffusers, 0.5));

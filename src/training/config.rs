@@ -159,6 +159,10 @@ pub struct TrainConfig {
     /// Compute the preservation terms on every k-th step only, weighted k times, so that the
     /// expected gradient is unchanged (1 = every step).
     pub preserve_every: usize,
+    /// Run a step's adapter passes (the diffusion term, each preservation term, the prior) as one
+    /// batch with one backward pass: the same gradient, faster, at the activation memory of the
+    /// wider batch. Off: one pass and its backward after another.
+    pub batch_passes: bool,
     /// DCO's β (the DCO authors' default 1000).
     pub dco_beta: f64,
     /// Weight of the DreamBooth prior loss.
@@ -305,6 +309,7 @@ impl Default for TrainConfig {
             cat_weight: 1.0,
             preserve: Vec::new(),
             preserve_every: 1,
+            batch_passes: false,
             dco_beta: 1000.0,
             prior_weight: 1.0,
             class_images: 50,

@@ -8,7 +8,9 @@
 //! caption (the unconditional prediction guidance uses). No terms is plain LoRA.
 //!
 //! Each adapter pass runs with its own backward pass and the gradients are summed: the loss is a
-//! sum, so this is exact, and peak memory stays that of one pass instead of a widened batch.
+//! sum, so this is exact, and peak memory stays that of one pass instead of a widened batch. With
+//! `batch_passes` the passes run as one batch with one backward pass through the weighted sum:
+//! the same sum, faster, at the memory of the wider batch.
 //! DCO's loss is a scalar function of `d` with `d_ref` constant, so its gradient is `∇d` times
 //! `β σ(β (d − d_ref))`: one backward pass, exact.
 use super::params::{Leaf, Params, add_scaled};
@@ -67,6 +69,8 @@ pub struct StepInputs<'a> {
     pub sample_weights: Option<Vec<f32>>,
     /// DreamBooth's prior-preservation term on class images.
     pub prior: Option<PriorTerm<'a>>,
+    /// Run the adapter passes as one batch where their shapes allow (see `groups`).
+    pub batch_passes: bool,
 }
 
 /// `weight · mse(ε_θ'(z_t^c, t_c, τ(class prompt)), ε_c)` on a class image.
@@ -171,49 +175,161 @@ pub fn cat_gradients(
     inp: &StepInputs<'_>,
 ) -> Result<(LossTerms, Vec<Tensor<1>>)> {
     let weights = inp.sample_weights.as_deref();
-    // DCO's reference: the diffusion loss of the adapter-off UNet, without a graph.
-    let reference = inp.dco_beta.map(|_| {
+    // The adapter-off predictions, without a graph: DCO's reference diffusion loss and each
+    // preservation term's target.
+    let frozen = |zt: &Tensor<4>, timesteps: &[f64], cond: Cond<'_>| {
         let _off = gate.switched_off();
-        let pred = unet.forward(inp.zt.clone(), &inp.timesteps, &(inp.cond_trigger)().without_autodiff()).without_autodiff();
-        scalar(&mse(pred, inp.target.clone(), weights))
-    });
-
-    let pred = unet.forward(inp.zt.clone(), &inp.timesteps, &(inp.cond_trigger)());
-    let diffusion = mse(pred, inp.target.clone(), weights);
-    let mut terms = LossTerms { diffusion: scalar(&diffusion), ..Default::default() };
-    let (main, slope) = match (inp.dco_beta, reference) {
-        (Some(beta), Some(r)) => {
-            let x = beta * (terms.diffusion - r);
-            terms.dco = softplus(x);
-            (terms.dco, beta / (1.0 + (-x).exp()))
-        }
-        _ => (terms.diffusion, 1.0),
+        unet.forward(zt.clone(), timesteps, &cond().without_autodiff()).without_autodiff()
     };
-    let mut out = params.gradients(leaves, &diffusion.mul_scalar(slope).backward())?;
-    terms.total = main;
+    let reference = inp.dco_beta.map(|_| scalar(&mse(frozen(&inp.zt, &inp.timesteps, inp.cond_trigger), inp.target.clone(), weights)));
+    let bases: Vec<Tensor<4>> = inp.preserve.iter().map(|p| frozen(&inp.zt, &inp.timesteps, p.cond)).collect();
 
-    for p in &inp.preserve {
-        // The frozen model's prediction: the adapter switched off, inputs without autodiff.
-        let base = {
-            let _off = gate.switched_off();
-            unet.forward(inp.zt.clone(), &inp.timesteps, &(p.cond)().without_autodiff()).without_autodiff()
-        };
-        let pred = unet.forward(inp.zt.clone(), &inp.timesteps, &(p.cond)());
-        let term = mse(pred, base, None);
-        let value = scalar(&term);
-        *terms.preserve_mut(p.target) = value;
-        terms.total += p.weight * value;
-        add_scaled(&mut out, params.gradients(leaves, &term.mul_scalar(p.weight).backward())?, 1.0);
-    }
-    if let Some(p) = &inp.prior {
-        let pred = unet.forward(p.zt.clone(), &p.timesteps, &(p.cond)());
-        let prior = mse(pred, p.target.clone(), None);
-        terms.prior = scalar(&prior);
-        terms.total += p.weight * terms.prior;
-        add_scaled(&mut out, params.gradients(leaves, &prior.mul_scalar(p.weight).backward())?, 1.0);
+    // The adapter passes: the diffusion term, each preservation term, the prior.
+    let mut passes = vec![Pass { zt: &inp.zt, timesteps: &inp.timesteps, cond: inp.cond_trigger, encoded: None, term: Term::Diffusion }];
+    passes.extend(inp.preserve.iter().zip(&bases).map(|(p, base)| Pass {
+        zt: &inp.zt,
+        timesteps: &inp.timesteps,
+        cond: p.cond,
+        encoded: None,
+        term: Term::Preserve(p, base),
+    }));
+    passes.extend(inp.prior.iter().map(|p| Pass { zt: &p.zt, timesteps: &p.timesteps, cond: p.cond, encoded: None, term: Term::Prior(p) }));
+
+    let mut terms = LossTerms::default();
+    let mut out: Option<Vec<Tensor<1>>> = None;
+    for group in groups(passes, inp.batch_passes) {
+        let mut total: Option<Tensor<1>> = None;
+        for (pass, pred) in predict(unet, &group) {
+            let weighted = match &pass.term {
+                Term::Diffusion => {
+                    let diffusion = mse(pred, inp.target.clone(), weights);
+                    terms.diffusion = scalar(&diffusion);
+                    let (main, slope) = match (inp.dco_beta, reference) {
+                        (Some(beta), Some(r)) => {
+                            let x = beta * (terms.diffusion - r);
+                            terms.dco = softplus(x);
+                            (terms.dco, beta / (1.0 + (-x).exp()))
+                        }
+                        _ => (terms.diffusion, 1.0),
+                    };
+                    terms.total = main;
+                    diffusion.mul_scalar(slope)
+                }
+                Term::Preserve(p, base) => {
+                    let term = mse(pred, (*base).clone(), None);
+                    let value = scalar(&term);
+                    *terms.preserve_mut(p.target) = value;
+                    terms.total += p.weight * value;
+                    term.mul_scalar(p.weight)
+                }
+                Term::Prior(p) => {
+                    let prior = mse(pred, p.target.clone(), None);
+                    terms.prior = scalar(&prior);
+                    terms.total += p.weight * terms.prior;
+                    prior.mul_scalar(p.weight)
+                }
+            };
+            total = Some(match total {
+                Some(t) => t + weighted,
+                None => weighted,
+            });
+        }
+        let grads = params.gradients(leaves, &total.expect("a group holds a pass").backward())?;
+        match &mut out {
+            Some(acc) => add_scaled(acc, grads, 1.0),
+            None => out = Some(grads),
+        }
     }
     if !terms.total.is_finite() {
         bail!("the loss is not finite ({})", terms.describe());
     }
-    Ok((terms, out))
+    Ok((terms, out.expect("the diffusion pass")))
+}
+
+/// One forward pass with the adapter, and what its prediction is compared with.
+struct Pass<'a> {
+    zt: &'a Tensor<4>,
+    timesteps: &'a [f64],
+    cond: Cond<'a>,
+    /// The conditioning, encoded early when batching needs its shape.
+    encoded: Option<Tensor<3>>,
+    term: Term<'a>,
+}
+
+impl Pass<'_> {
+    fn cond(&self) -> Tensor<3> {
+        self.encoded.clone().unwrap_or_else(|| (self.cond)())
+    }
+}
+
+enum Term<'a> {
+    Diffusion,
+    Preserve(&'a PreserveTerm<'a>, &'a Tensor<4>),
+    Prior(&'a PriorTerm<'a>),
+}
+
+/// The passes that run together: each alone, or (`batched`) consecutive passes whose latents and
+/// conditionings have the same shape as one batch.
+fn groups(passes: Vec<Pass<'_>>, batched: bool) -> Vec<Vec<Pass<'_>>> {
+    let mut out: Vec<Vec<Pass<'_>>> = Vec::new();
+    for mut pass in passes {
+        if batched {
+            pass.encoded = Some((pass.cond)());
+        }
+        let shape = |p: &Pass<'_>| (p.zt.dims()[1..].to_vec(), p.encoded.as_ref().map(|c| c.dims()[1..].to_vec()));
+        let joins = |g: &Vec<Pass<'_>>| batched && shape(&g[0]) == shape(&pass);
+        match out.last_mut() {
+            Some(g) if joins(g) => g.push(pass),
+            _ => out.push(vec![pass]),
+        }
+    }
+    out
+}
+
+/// The adapter's predictions for a group of passes, each with its pass: one forward over the
+/// concatenated inputs, split back by pass.
+fn predict<'p, 'a>(unet: &UNet, group: &'p [Pass<'a>]) -> Vec<(&'p Pass<'a>, Tensor<4>)> {
+    if let [pass] = group {
+        return vec![(pass, unet.forward(pass.zt.clone(), pass.timesteps, &pass.cond()))];
+    }
+    let conds: Vec<Tensor<3>> = group.iter().map(Pass::cond).collect();
+    let sizes: Vec<usize> = group.iter().map(|p| p.zt.dims()[0]).collect();
+    let zt = Tensor::cat(group.iter().map(|p| p.zt.clone()).collect(), 0);
+    let timesteps: Vec<f64> = group.iter().flat_map(|p| p.timesteps.iter().copied()).collect();
+    let pred = unet.forward(zt, &timesteps, &Tensor::cat(conds, 0));
+    let mut start = 0;
+    group
+        .iter()
+        .zip(sizes)
+        .map(|(p, n)| {
+            let part = pred.clone().narrow(0, start, n);
+            start += n;
+            (p, part)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    #[test]
+    fn batched_passes_group_by_shape_and_single_passes_stay_alone() {
+        let dev = Device::flex();
+        let (a, b) = (Tensor::<4>::zeros([1, 4, 8, 8], &dev), Tensor::<4>::zeros([2, 4, 8, 12], &dev));
+        let short = || Tensor::<3>::zeros([1, 77, 16], &dev);
+        let long = || Tensor::<3>::zeros([1, 154, 16], &dev);
+        let t = [1.0, 2.0];
+        fn pass<'a>(zt: &'a Tensor<4>, timesteps: &'a [f64], cond: Cond<'a>) -> Pass<'a> {
+            Pass { zt, timesteps, cond, encoded: None, term: Term::Diffusion }
+        }
+        let sizes = |batched| -> Vec<usize> {
+            let passes = vec![pass(&a, &t, &short), pass(&a, &t, &short), pass(&a, &t, &long), pass(&b, &t, &short), pass(&b, &t, &short)];
+            groups(passes, batched).iter().map(Vec::len).collect()
+        };
+        assert_eq!(sizes(false), [1, 1, 1, 1, 1]);
+        // Another token count or latent size starts a new group.
+        assert_eq!(sizes(true), [2, 1, 2]);
+    }
 }

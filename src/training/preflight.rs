@@ -9,8 +9,9 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
 /// The settings a resumed run may change: how long it trains, when it saves and samples, where
-/// it runs and where the adapter goes. Everything else changes the steps already taken.
-const RESUMABLE: [&str; 12] = [
+/// and how it runs (the device, batched passes: the same gradients, rounded otherwise) and where
+/// the adapter goes. Everything else changes the steps already taken.
+const RESUMABLE: [&str; 13] = [
     "steps",
     "save_every",
     "sample_every",
@@ -22,6 +23,7 @@ const RESUMABLE: [&str; 12] = [
     "clip",
     "keep_best",
     "device",
+    "batch_passes",
     "out",
 ];
 

@@ -385,6 +385,7 @@ impl<'c> Run<'c> {
                 cond: &encode_prior as Cond<'_>,
                 weight: cfg.prior_weight,
             }),
+            batch_passes: cfg.batch_passes,
         };
         cat_gradients(&sd.unet, &self.adapter.gate, &self.params, &leaves, &inputs).with_context(|| {
             format!("step {}: training stopped; the last good checkpoint stays in {}", step + 1, self.paths.checkpoint.display())

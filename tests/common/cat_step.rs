@@ -39,8 +39,6 @@ pub fn check_cat_step(dev: &Device, model: &str, refs: &str, lora: &str, grads_f
     let mut targets = Targets { unet: &mut unet, text_encoder: None };
     let adapter = attach_file(&mut targets, &file, 1.0, "fixture").unwrap();
     let params = Params::collect(&mut AdapterParams { targets: &mut targets, adapter: &adapter });
-    let leaves = params.install(&mut AdapterParams { targets: &mut targets, adapter: &adapter }, true);
-
     let (_, plain) = r.i64("cat_plain_ids").unwrap();
     let plain: Vec<u32> = plain.iter().map(|&i| i as u32).collect();
     let cond_plain = te.forward(&[plain], 1);
@@ -60,42 +58,48 @@ pub fn check_cat_step(dev: &Device, model: &str, refs: &str, lora: &str, grads_f
     let cond_trigger = hidden.narrow(0, 0, 1);
     let (ct, cp) = (|| cond_trigger.clone(), || cond_plain.clone());
     let lambda = r.f32("cat_lambda").unwrap().1[0] as f64;
-    let inputs = StepInputs {
-        zt: tensor(&r, "cat_zt", dev),
-        timesteps: vec![t[0] as f64],
-        target: tensor(&r, target, dev),
-        cond_trigger: &ct,
-        preserve: vec![PreserveTerm { target: preserve, cond: &cp, weight: lambda }],
-        dco_beta: None,
-        sample_weights: None,
-        prior: None,
-    };
-    let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs).unwrap();
-    // The term's value, under the name of whichever target carried the trigger-less captions.
-    let mut terms = terms;
-    terms.cat = *terms.preserve_mut(preserve);
-    for (name, got) in [("cat_loss_diffusion", terms.diffusion), ("cat_loss_cat", terms.cat), ("cat_loss_total", terms.total)] {
-        let want = r.f32(name).unwrap().1[0] as f64;
-        assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} {name}: {got} vs {want}");
-    }
-
-    let g = catlora::io::safetensors::SafeTensorsFile::open(&fixtures().join(grads_file)).unwrap();
-    assert_eq!(g.names().count(), grads.len(), "one reference gradient per adapter tensor");
-    let mut worst = 0f32;
-    for ((name, got), shape) in params.names.iter().zip(&grads).zip(&params.shapes) {
-        let got = host(got);
-        let module = name.strip_prefix("unet.").unwrap();
-        let (key, got) = if let Some(m) = module.strip_suffix(".down") {
-            (format!("grad.{m}.lora_A.weight"), transpose(&got, shape[0], shape[1]))
-        } else {
-            (format!("grad.{}.lora_B.weight", module.strip_suffix(".up").unwrap()), transpose(&got, shape[0], shape[1]))
+    // The passes one by one and as one batch: both against the same references.
+    for batch_passes in [false, true] {
+        let leaves =
+            params.install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
+        let inputs = StepInputs {
+            zt: tensor(&r, "cat_zt", dev),
+            timesteps: vec![t[0] as f64],
+            target: tensor(&r, target, dev),
+            cond_trigger: &ct,
+            preserve: vec![PreserveTerm { target: preserve, cond: &cp, weight: lambda }],
+            dco_beta: None,
+            sample_weights: None,
+            prior: None,
+            batch_passes,
         };
-        let (_, want) = g.f32(&key).unwrap();
-        let e = rel_max_err(&got, &want);
-        assert!(e <= 1e-3, "{model} {key}: relative max error {e:e}");
-        worst = worst.max(e);
+        let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs).unwrap();
+        // The term's value, under the name of whichever target carried the trigger-less captions.
+        let mut terms = terms;
+        terms.cat = *terms.preserve_mut(preserve);
+        for (name, got) in [("cat_loss_diffusion", terms.diffusion), ("cat_loss_cat", terms.cat), ("cat_loss_total", terms.total)] {
+            let want = r.f32(name).unwrap().1[0] as f64;
+            assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} {name} (batched passes: {batch_passes}): {got} vs {want}");
+        }
+
+        let g = catlora::io::safetensors::SafeTensorsFile::open(&fixtures().join(grads_file)).unwrap();
+        assert_eq!(g.names().count(), grads.len(), "one reference gradient per adapter tensor");
+        let mut worst = 0f32;
+        for ((name, got), shape) in params.names.iter().zip(&grads).zip(&params.shapes) {
+            let got = host(got);
+            let module = name.strip_prefix("unet.").unwrap();
+            let (key, got) = if let Some(m) = module.strip_suffix(".down") {
+                (format!("grad.{m}.lora_A.weight"), transpose(&got, shape[0], shape[1]))
+            } else {
+                (format!("grad.{}.lora_B.weight", module.strip_suffix(".up").unwrap()), transpose(&got, shape[0], shape[1]))
+            };
+            let (_, want) = g.f32(&key).unwrap();
+            let e = rel_max_err(&got, &want);
+            assert!(e <= 1e-3, "{model} {key} (batched passes: {batch_passes}): relative max error {e:e}");
+            worst = worst.max(e);
+        }
+        eprintln!("{model} on {dev:?}, batched passes {batch_passes}: {} gradients, worst relative error {worst:e}", grads.len());
     }
-    eprintln!("{model} on {dev:?}: {} gradients, worst relative error {worst:e}", grads.len());
 }
 
 /// [`check_cat_step`] on the epsilon fixture (`tiny-sd`, the diffusers LoRA), with `preserve`
