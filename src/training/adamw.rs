@@ -41,6 +41,10 @@ impl AdamW {
 
     /// One update of every parameter with its gradient, parameter `k` at learning rate `lrs[k]`
     /// (separate rates for the UNet's and the text encoder's LoRA).
+    ///
+    /// Consecutive parameters with the same rate are updated as one flat tensor: the same
+    /// element-wise operations on every element (so the same bytes), a dozen device operations
+    /// for hundreds of small LoRA tensors instead of eleven each (PyTorch's `foreach` idea).
     pub fn update_each(&mut self, params: &mut [Tensor<1>], grads: &[Tensor<1>], lrs: &[f64]) {
         self.step += 1;
         let c = self.config;
@@ -48,16 +52,40 @@ impl AdamW {
         let bias2 = 1.0 - c.beta2.powi(self.step as i32);
         let bias2_sqrt = bias2.sqrt() as f32;
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        for (k, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let step_size = (lrs[k] / bias1) as f32;
-            let decay = (1.0 - lrs[k] * c.weight_decay) as f32;
-            let m = self.exp_avg[k].clone().mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
-            let v = self.exp_avg_sq[k].clone().mul_scalar(b2) + g.clone().mul_scalar(1.0 - b2) * g.clone();
+        let mut start = 0;
+        while start < params.len() {
+            let lr = lrs[start];
+            let end = start + lrs[start..].iter().take_while(|&&l| l == lr).count();
+            let sizes: Vec<usize> = params[start..end].iter().map(|p| p.dims()[0]).collect();
+            let step_size = (lr / bias1) as f32;
+            let decay = (1.0 - lr * c.weight_decay) as f32;
+            let (p, g) = (joined(&params[start..end]), joined(&grads[start..end]));
+            let m = joined(&self.exp_avg[start..end]).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
+            let v = joined(&self.exp_avg_sq[start..end]).mul_scalar(b2) + g.clone().mul_scalar(1.0 - b2) * g;
             let denom = v.clone().sqrt().div_scalar(bias2_sqrt).add_scalar(eps);
-            *p = p.clone().mul_scalar(decay) - m.clone().mul_scalar(step_size) / denom;
-            self.exp_avg[k] = m;
-            self.exp_avg_sq[k] = v;
+            let p = p.mul_scalar(decay) - m.clone().mul_scalar(step_size) / denom;
+            split(p, &sizes, &mut params[start..end]);
+            split(m, &sizes, &mut self.exp_avg[start..end]);
+            split(v, &sizes, &mut self.exp_avg_sq[start..end]);
+            start = end;
         }
+    }
+}
+
+/// The tensors end to end (one tensor as it is).
+fn joined(parts: &[Tensor<1>]) -> Tensor<1> {
+    match parts {
+        [one] => one.clone(),
+        _ => Tensor::cat(parts.to_vec(), 0),
+    }
+}
+
+/// `flat` cut back into `out`, of lengths `sizes`.
+fn split(flat: Tensor<1>, sizes: &[usize], out: &mut [Tensor<1>]) {
+    let mut at = 0;
+    for (o, &n) in out.iter_mut().zip(sizes) {
+        *o = if sizes.len() == 1 { flat.clone() } else { flat.clone().narrow(0, at, n) };
+        at += n;
     }
 }
 
@@ -137,5 +165,42 @@ mod tests {
         assert_eq!(host(&p[0]), hp);
         assert_eq!(host(&opt.exp_avg[0]), m);
         assert_eq!(host(&opt.exp_avg_sq[0]), v);
+    }
+
+    /// Tensors of several sizes and rates, updated in runs of equal rates: each element as the
+    /// element-wise recurrence at its own tensor's rate, bit for bit.
+    #[test]
+    fn runs_of_equal_rates_update_each_element_as_alone() {
+        let sizes = [5usize, 3, 7, 2];
+        let lrs = [1e-3, 1e-3, 5e-4, 1e-3];
+        let data = |k: usize, f: f32| -> Vec<f32> { (0..sizes[k]).map(|i| ((i + 10 * k) as f32 * f).sin()).collect() };
+        let mut opt = AdamW::new(AdamWConfig::default(), sizes.iter().map(|&n| t(&vec![0.0; n])).collect());
+        let mut p: Vec<Tensor<1>> = (0..4).map(|k| t(&data(k, 0.3))).collect();
+        let mut hp: Vec<Vec<f32>> = (0..4).map(|k| data(k, 0.3)).collect();
+        let (mut m, mut v): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+            (sizes.iter().map(|&n| vec![0.0; n]).collect(), sizes.iter().map(|&n| vec![0.0; n]).collect());
+        let c = AdamWConfig::default();
+        for step in 1..=3 {
+            let g: Vec<Vec<f32>> = (0..4).map(|k| data(k, 0.7 * step as f32).iter().map(|x| x * 1e-2).collect()).collect();
+            opt.update_each(&mut p, &g.iter().map(|g| t(g)).collect::<Vec<_>>(), &lrs);
+            let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+            let b2s = (1.0 - c.beta2.powi(step)).sqrt() as f32;
+            for k in 0..4 {
+                let step_size = (lrs[k] / (1.0 - c.beta1.powi(step))) as f32;
+                let decay = (1.0 - lrs[k] * c.weight_decay) as f32;
+                for i in 0..sizes[k] {
+                    m[k][i] = m[k][i] * b1 + g[k][i] * (1.0 - b1);
+                    v[k][i] = v[k][i] * b2 + g[k][i] * (1.0 - b2) * g[k][i];
+                    hp[k][i] = hp[k][i] * decay - m[k][i] * step_size / (v[k][i].sqrt() / b2s + eps);
+                }
+            }
+        }
+        for k in 0..4 {
+            assert_eq!(
+                (host(&p[k]), host(&opt.exp_avg[k]), host(&opt.exp_avg_sq[k])),
+                (hp[k].clone(), m[k].clone(), v[k].clone()),
+                "tensor {k}"
+            );
+        }
     }
 }
