@@ -107,7 +107,7 @@ step bench-unet-libtorch-cuda 100 "$bin/catlora" bench --sd15 --pixels 512 --ite
 step bench-train-libtorch-cuda 160 "$bin/catlora" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
 step train-vulkan 40 "$bin/train" vulkan
 step bench-unet-vulkan 90 "$bin/catlora" bench --sd15 --pixels 512 --iters 5 --device vulkan
-step bench-train-vulkan 90 "$bin/catlora" bench --train --sd15 --pixels 512 --iters 3 --device vulkan
+step bench-train-vulkan 120 "$bin/catlora" bench --train --sd15 --pixels 512 --iters 3 --device vulkan
 kill "$smi" 2>/dev/null
 cmp -s "$work/gen-libtorch-cuda/1-0.png" "$work/gen-vulkan/1-0.png" && echo "generate: the two devices wrote the same bytes"
 
