@@ -1,11 +1,12 @@
 //! LoRA files applied to the UNet, and one CAT step's loss terms and gradients, against diffusers
 //! and peft.
 mod common;
-use catlora::adapters::lora::{Targets, attach_file};
+use catlora::adapters::lora::{Adapter, Targets, attach_file};
 use catlora::models::config::UNetConfig;
 use catlora::models::unet::UNet;
 use catlora::models::weights::Weights;
 use catlora::training::objective::Preserve;
+use catlora::training::params::{AdapterParams, Params};
 use common::cat_step::{FORMATS, check_cat_step, check_fixture_cat_step, read_lora};
 use common::*;
 
@@ -13,6 +14,15 @@ fn unet() -> UNet {
     let dir = fixtures().join("tiny-sd/unet");
     let cfg = UNetConfig::load(&dir.join("config.json")).unwrap();
     UNet::load(&Weights::open_dir(&dir, "diffusion_pytorch_model", &device()).unwrap(), &cfg).unwrap()
+}
+
+/// The UNet with the fixture's diffusers LoRA attached, and that LoRA's parameters.
+fn unet_with_lora() -> (UNet, Adapter, Params) {
+    let mut unet = unet();
+    let file = read_lora(&mut unet, FORMATS[1]);
+    let adapter = attach_file(&mut Targets { unet: &mut unet, text_encoder: None }, &file, 1.0, "fixture").unwrap();
+    let params = Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
+    (unet, adapter, params)
 }
 
 #[test]
@@ -84,14 +94,10 @@ fn one_v_prediction_cat_step_matches_the_reference() {
 #[test]
 fn dco_gradient_matches_a_finite_difference() {
     use catlora::training::objective::{StepInputs, cat_gradients, softplus};
-    use catlora::training::params::{AdapterParams, Params, host};
+    use catlora::training::params::host;
     let dev = device();
     let r = reference();
-    let mut unet = unet();
-    let file = read_lora(&mut unet, FORMATS[1]);
-    let adapter = attach_file(&mut Targets { unet: &mut unet, text_encoder: None }, &file, 1.0, "fixture").unwrap();
-    let mut params =
-        Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
+    let (mut unet, adapter, mut params) = unet_with_lora();
     let cond = tensor::<3>(&r, "text_hidden", &dev).narrow(0, 0, 1);
     let ct = || cond.clone();
     let (_, t) = r.i64("cat_t").unwrap();
@@ -150,13 +156,10 @@ fn dco_gradient_matches_a_finite_difference() {
 #[test]
 fn batched_passes_give_the_terms_and_gradients_of_separate_passes() {
     use catlora::training::objective::{PreserveTerm, PriorTerm, StepInputs, cat_gradients};
-    use catlora::training::params::{AdapterParams, Params, host};
+    use catlora::training::params::host;
     let dev = device();
     let r = reference();
-    let mut unet = unet();
-    let file = read_lora(&mut unet, FORMATS[1]);
-    let adapter = attach_file(&mut Targets { unet: &mut unet, text_encoder: None }, &file, 1.0, "fixture").unwrap();
-    let params = Params::collect(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter });
+    let (mut unet, adapter, params) = unet_with_lora();
     let trigger = tensor::<3>(&r, "text_hidden", &dev).narrow(0, 0, 1);
     let (plain, blank, class) = (trigger.clone().mul_scalar(0.5), trigger.clone().mul_scalar(-0.25), trigger.clone().mul_scalar(0.75));
     let (ct, cp, cb, cc) = (|| trigger.clone(), || plain.clone(), || blank.clone(), || class.clone());

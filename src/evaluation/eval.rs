@@ -159,7 +159,8 @@ pub fn evaluate_all(runs: &[EvalOptions], workers: usize, mut progress: impl FnM
         }
     }
     let device = crate::device::parse(&first.device)?;
-    let set = ModelSet::load(&first.model, &first.adapters, &device)?.with_weights(&first.weights);
+    let load_set = || -> Result<ModelSet> { Ok(ModelSet::load(&first.model, &first.adapters, &device)?.with_weights(&first.weights)) };
+    let set = load_set()?;
     for opts in runs {
         set.sd.check_size(opts.resolution, opts.resolution)?;
     }
@@ -175,7 +176,7 @@ pub fn evaluate_all(runs: &[EvalOptions], workers: usize, mut progress: impl FnM
     let loaded = Mutex::new(Some(set));
     let load = || match loaded.lock().expect("no thread panicked holding it").take() {
         Some(set) => Ok(set),
-        None => Ok(ModelSet::load(&first.model, &first.adapters, &crate::device::parse(&first.device)?)?.with_weights(&first.weights)),
+        None => load_set(),
     };
     let mut said = 0;
     let done = crate::jobs::run(

@@ -82,10 +82,8 @@ fn joined(parts: &[Tensor<1>]) -> Tensor<1> {
 
 /// `flat` cut back into `out`, of lengths `sizes`.
 fn split(flat: Tensor<1>, sizes: &[usize], out: &mut [Tensor<1>]) {
-    let mut at = 0;
-    for (o, &n) in out.iter_mut().zip(sizes) {
-        *o = if sizes.len() == 1 { flat.clone() } else { flat.clone().narrow(0, at, n) };
-        at += n;
+    for (o, part) in out.iter_mut().zip(flat.split_with_sizes(sizes.to_vec(), 0)) {
+        *o = part;
     }
 }
 

@@ -185,15 +185,9 @@ pub fn cat_gradients(
     let bases: Vec<Tensor<4>> = inp.preserve.iter().map(|p| frozen(&inp.zt, &inp.timesteps, p.cond)).collect();
 
     // The adapter passes: the diffusion term, each preservation term, the prior.
-    let mut passes = vec![Pass { zt: &inp.zt, timesteps: &inp.timesteps, cond: inp.cond_trigger, encoded: None, term: Term::Diffusion }];
-    passes.extend(inp.preserve.iter().zip(&bases).map(|(p, base)| Pass {
-        zt: &inp.zt,
-        timesteps: &inp.timesteps,
-        cond: p.cond,
-        encoded: None,
-        term: Term::Preserve(p, base),
-    }));
-    passes.extend(inp.prior.iter().map(|p| Pass { zt: &p.zt, timesteps: &p.timesteps, cond: p.cond, encoded: None, term: Term::Prior(p) }));
+    let mut passes = vec![Pass::new(&inp.zt, &inp.timesteps, inp.cond_trigger, Term::Diffusion)];
+    passes.extend(inp.preserve.iter().zip(&bases).map(|(p, base)| Pass::new(&inp.zt, &inp.timesteps, p.cond, Term::Preserve(p, base))));
+    passes.extend(inp.prior.iter().map(|p| Pass::new(&p.zt, &p.timesteps, p.cond, Term::Prior(p))));
 
     let mut terms = LossTerms::default();
     let mut out: Option<Vec<Tensor<1>>> = None;
@@ -256,7 +250,11 @@ struct Pass<'a> {
     term: Term<'a>,
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    fn new(zt: &'a Tensor<4>, timesteps: &'a [f64], cond: Cond<'a>, term: Term<'a>) -> Self {
+        Self { zt, timesteps, cond, encoded: None, term }
+    }
+
     fn cond(&self) -> Tensor<3> {
         self.encoded.clone().unwrap_or_else(|| (self.cond)())
     }
@@ -297,16 +295,7 @@ fn predict<'p, 'a>(unet: &UNet, group: &'p [Pass<'a>]) -> Vec<(&'p Pass<'a>, Ten
     let zt = Tensor::cat(group.iter().map(|p| p.zt.clone()).collect(), 0);
     let timesteps: Vec<f64> = group.iter().flat_map(|p| p.timesteps.iter().copied()).collect();
     let pred = unet.forward(zt, &timesteps, &Tensor::cat(conds, 0));
-    let mut start = 0;
-    group
-        .iter()
-        .zip(sizes)
-        .map(|(p, n)| {
-            let part = pred.clone().narrow(0, start, n);
-            start += n;
-            (p, part)
-        })
-        .collect()
+    group.iter().zip(pred.split_with_sizes(sizes, 0)).collect()
 }
 
 #[cfg(test)]
@@ -321,11 +310,9 @@ mod tests {
         let short = || Tensor::<3>::zeros([1, 77, 16], &dev);
         let long = || Tensor::<3>::zeros([1, 154, 16], &dev);
         let t = [1.0, 2.0];
-        fn pass<'a>(zt: &'a Tensor<4>, timesteps: &'a [f64], cond: Cond<'a>) -> Pass<'a> {
-            Pass { zt, timesteps, cond, encoded: None, term: Term::Diffusion }
-        }
+        let pass = |zt, cond| Pass::new(zt, &t, cond, Term::Diffusion);
         let sizes = |batched| -> Vec<usize> {
-            let passes = vec![pass(&a, &t, &short), pass(&a, &t, &short), pass(&a, &t, &long), pass(&b, &t, &short), pass(&b, &t, &short)];
+            let passes = vec![pass(&a, &short), pass(&a, &short), pass(&a, &long), pass(&b, &short), pass(&b, &short)];
             groups(passes, batched).iter().map(Vec::len).collect()
         };
         assert_eq!(sizes(false), [1, 1, 1, 1, 1]);
