@@ -63,7 +63,8 @@ def run_case(case, method, threads, lam, lr, rank):
     rss_base = tu.status_mb("VmRSS")
     t0 = time.perf_counter()
     dev = tu.torch_device(case)
-    unet = tu.load_unet(case["model"]).to(dev)
+    dtype, autocast = tu.precision(torch, case)
+    unet = tu.load_unet(case["model"]).to(dev, dtype)
     unet.requires_grad_(False)
     load_s = time.perf_counter() - t0
     # The baseline of "peak above load": the one UNet is loaded; the authors' second copy, the
@@ -81,6 +82,11 @@ def run_case(case, method, threads, lam, lr, rank):
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=1, init_lora_weights="gaussian", target_modules=TARGETS))
     unet.train()
     lora_params = [p for p in unet.parameters() if p.requires_grad]
+    # Mixed precision as diffusers' LoRA scripts: the trained weights in float32, fp16 with
+    # GradScaler's dynamic loss scaling.
+    for p in lora_params:
+        p.data = p.data.float()
+    scaler = torch.amp.GradScaler(dev, enabled=dtype == torch.float16)
     opt = torch.optim.AdamW(lora_params, lr=lr)
     # SD 1.x's training noise schedule (the same numbers as catlora's `train_noise_schedule`).
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -99,22 +105,25 @@ def run_case(case, method, threads, lam, lr, rank):
     def step():
         opt.zero_grad(set_to_none=True)
         zt = sched.add_noise(x0, noise, t)
-        loss_d = mse(unet(zt, t, encoder_hidden_states=trigger).sample, noise)
+        with autocast():
+            loss_d = mse(unet(zt, t, encoder_hidden_states=trigger).sample.float(), noise)
         loss, loss_c = loss_d, None
         if cat:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 if base is not None:
-                    target = base(zt, t, encoder_hidden_states=plain).sample
+                    target = base(zt, t, encoder_hidden_states=plain).sample.float()
                 else:
                     unet.disable_adapters()
                     try:
-                        target = unet(zt, t, encoder_hidden_states=plain).sample
+                        target = unet(zt, t, encoder_hidden_states=plain).sample.float()
                     finally:
                         unet.enable_adapters()
-            loss_c = mse(unet(zt, t, encoder_hidden_states=plain).sample, target)
+            with autocast():
+                loss_c = mse(unet(zt, t, encoder_hidden_states=plain).sample.float(), target)
             loss = loss_d + lam * loss_c
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         return loss.item(), loss_d.item(), 0.0 if loss_c is None else loss_c.item()
 
     times = []
@@ -133,7 +142,7 @@ def run_case(case, method, threads, lam, lr, rank):
     return {
         "case": case["name"],
         "method": method,
-        "engine": tu.engine_name(torch, unet) + f" / peft {__import__('peft').__version__}",
+        "engine": tu.engine_name(torch, unet, case) + f" / peft {__import__('peft').__version__}",
         "threads": torch.get_num_threads(),
         "iters": case["iters"],
         "params": params,

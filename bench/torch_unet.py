@@ -93,6 +93,19 @@ def torch_device(case):
     return "cuda" if name.startswith("libtorch-cuda") or name.startswith("vulkan") else "cpu"
 
 
+def precision(torch, case):
+    """The case's `precision` as a torch dtype, and the autocast context that goes with it:
+    half-precision weights with normalisation and softmax in float32 (autocast's lists), as
+    catlora's `--precision` and diffusers' mixed-precision training."""
+    import contextlib
+
+    name = case.get("precision", "fp32")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    if dtype == torch.float32:
+        return dtype, contextlib.nullcontext
+    return dtype, lambda: torch.autocast(device_type=torch_device(case), dtype=dtype)
+
+
 def report_cuda_peak(torch, case, label):
     """The CUDA caching allocator's peak, on stderr (the device's own memory, not the RSS)."""
     if torch_device(case) == "cuda":
@@ -116,11 +129,12 @@ def load_unet(model):
     return unet.eval()
 
 
-def engine_name(torch, unet):
+def engine_name(torch, unet, case=None):
     import diffusers
 
     procs = sorted({type(p).__name__ for p in unet.attn_processors.values()})
-    return f"torch {torch.__version__} / diffusers {diffusers.__version__} ({', '.join(procs)}, f32)"
+    prec = (case or {}).get("precision", "fp32").replace("fp32", "f32")
+    return f"torch {torch.__version__} / diffusers {diffusers.__version__} ({', '.join(procs)}, {prec})"
 
 
 def run_case(case, threads):
@@ -135,7 +149,8 @@ def run_case(case, threads):
     peak = status_mb("VmHWM")
     t0 = time.perf_counter()
     dev = torch_device(case)
-    unet = load_unet(case["model"]).to(dev)
+    dtype, autocast = precision(torch, case)
+    unet = load_unet(case["model"]).to(dev, dtype)
     unet.requires_grad_(False)
     load_s = time.perf_counter() - t0
     rss_loaded = status_mb("VmRSS")
@@ -149,10 +164,10 @@ def run_case(case, threads):
     peak = max(peak, status_mb("VmHWM"))
     reset = reset_hwm()
     fwd = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for k in range(iters + 1):
             s = time.perf_counter()
-            y = unet(x, t, encoder_hidden_states=ctx).sample
+            y = unet(x, t, encoder_hidden_states=ctx).sample.float()
             out_mean_abs = y.abs().mean().item()
             ms = (time.perf_counter() - s) * 1e3
             if k > 0:
@@ -166,7 +181,8 @@ def run_case(case, threads):
     for k in range(iters + 1):
         s = time.perf_counter()
         xg = x.clone().requires_grad_(True)
-        y = unet(xg, t, encoder_hidden_states=ctx).sample
+        with autocast():
+            y = unet(xg, t, encoder_hidden_states=ctx).sample.float()
         loss = (y * y).mean()
         loss.backward()
         grad_mean_abs = xg.grad.abs().mean().item()
@@ -180,7 +196,7 @@ def run_case(case, threads):
 
     return {
         "case": case["name"],
-        "engine": engine_name(torch, unet),
+        "engine": engine_name(torch, unet, case),
         "threads": torch.get_num_threads(),
         "iters": iters,
         "params": params,

@@ -3,6 +3,7 @@
 # access, and packs it into one folder (default: .gpu/, ignored by git):
 #   catlora.xz   the CLI with both GPU devices (`--features libtorch,vulkan`), stripped
 #   devices.xz   the conformance test binary (tests/devices.rs) of the same build
+#   precision.xz the half-precision conformance tests (tests/precision.rs), run per device
 #   gl/          the Vulkan loader and GLVND (Debian's libvulkan1, libglvnd0, ...), for a machine
 #                without them
 #   whl/         diffusers and its one dependency that an NVIDIA PyTorch image usually lacks
@@ -24,12 +25,18 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/gpu}"
 export RUSTFLAGS="-C link-arg=-Wl,--allow-shlib-undefined"
 cd "$root"
 cargo build --locked --release --features libtorch,vulkan
-# cargo prints the test binary's path (beside the CLI's, which the tests also build).
-tests="$(cargo test --locked --release --features libtorch,vulkan --test devices --no-run --message-format=json |
-    sed -n 's/.*"executable":"\([^"]*\/deps\/devices-[^"]*\)".*/\1/p' | tail -1)"
-[ -x "$tests" ] || { echo "no test binary for tests/devices.rs" >&2; exit 1; }
+# cargo prints the test binaries' paths (beside the CLI's, which the tests also build).
+built="$(cargo test --locked --release --features libtorch,vulkan --test devices --test precision --no-run --message-format=json)"
+test_binary() {
+    local b
+    b="$(sed -n "s/.*\"executable\":\"\([^\"]*\/deps\/$1-[^\"]*\)\".*/\1/p" <<<"$built" | tail -1)"
+    [ -x "$b" ] || { echo "no test binary for tests/$1.rs" >&2; exit 1; }
+    echo "$b"
+}
+tests="$(test_binary devices)"
+precision="$(test_binary precision)"
 mkdir -p "$bundle/gl" "$bundle/whl"
-for pair in "$CARGO_TARGET_DIR/release/catlora:catlora" "$tests:devices"; do
+for pair in "$CARGO_TARGET_DIR/release/catlora:catlora" "$tests:devices" "$precision:precision"; do
     strip -o "$bundle/${pair##*:}" "${pair%%:*}"
     xz -T0 -6 -f "$bundle/${pair##*:}"
 done

@@ -4,6 +4,7 @@
 # against this checkout's fixtures and writes one JSON with every result.
 #
 #   bash scripts/gpu-check.sh BUNDLE OUT [SECONDS]
+#   GPU_CHECK_STEPS='name ...' bash scripts/gpu-check.sh BUNDLE OUT [SECONDS]   (some steps only)
 #
 # What it needs there, and how it finds it:
 # - PyTorch: the `python3` on PATH must import torch with CUDA (the version the bundle was built
@@ -16,9 +17,10 @@
 # - Float32 everywhere: NVIDIA_TF32_OVERRIDE=0 (catlora's default too), so that PyTorch's side of
 #   the benchmark computes in the same precision as catlora's.
 # Steps, in order of value, each bounded so that the whole run ends within SECONDS (default 480):
-# the conformance tests on libtorch-cuda and on Vulkan, the CLI (generate, CAT training) on
-# both, the SD 1.5 benchmark at 512 px on libtorch-cuda next to PyTorch + diffusers on the same
-# card (UNet passes, LoRA and CAT steps), then the same benchmark on Vulkan. Writes OUT/gpu-check.json (everything) and
+# the conformance tests on libtorch-cuda (float32, then fp16 and bf16), the SD 1.5 training
+# benchmark at 512 px on libtorch-cuda next to PyTorch + diffusers on the same card (LoRA, CAT and
+# batched CAT steps; float32, fp16, bf16) and the UNet passes, the conformance tests on Vulkan,
+# the CLI (generate, CAT training) on both devices, and the fp16 UNet passes on Vulkan. Writes OUT/gpu-check.json (everything) and
 # OUT/logs.tar.gz (each step's whole log).
 set -uo pipefail
 bundle="$(cd "${1:?usage: gpu-check.sh BUNDLE OUT [SECONDS]}" && pwd)"
@@ -38,6 +40,10 @@ steps="$out/steps.tsv"
 step() {
     local name="$1" limit="$2"
     shift 2
+    # GPU_CHECK_STEPS (names, space-separated) reruns some steps only.
+    if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+        return
+    fi
     local left=$((budget - ($(date +%s) - start)))
     [ "$left" -lt "$limit" ] && limit="$left"
     if [ "$limit" -le 5 ]; then
@@ -57,7 +63,10 @@ step() {
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
-for f in catlora devices; do xz -dc "$bundle/$f.xz" >"$bin/$f" && chmod +x "$bin/$f"; done
+# devices.xz may stay behind when the working tree must stay small (precision.xz checks float32 too).
+for f in catlora devices precision; do
+    [ -f "$bundle/$f.xz" ] && xz -dc "$bundle/$f.xz" >"$bin/$f" && chmod +x "$bin/$f"
+done
 
 # PyTorch's lib/ for the libtorch device.
 torch_lib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
@@ -92,22 +101,28 @@ cp "$fx"/ddim_image.png "$fx"/ddim_lora_image.png "$data/"
 py="$(command -v python3)"
 work="$(mktemp -d)"
 # The CLI steps as commands (timeout runs commands, not shell functions); $1 is the device.
-printf '#!/usr/bin/env bash\nexec "%s" generate --model "%s" --prompt "a photo of a teapot" --steps 10 --seed 1 --out "%s/gen-$1" --device "$1"\n' \
+printf '#!/usr/bin/env bash\nexec "%s" generate --model "%s" --prompt "a photo of a teapot" --steps 10 --seed 1 --out "%s/gen-$1" --device "$1" "${@:2}"\n' \
     "$bin/catlora" "$fx/tiny-sd" "$work" >"$bin/gen"
-printf '#!/usr/bin/env bash\nexec "%s" train --model "%s" --data "%s" --trigger sks --class teapot --method cat --steps 3 --resolution 64 --out "%s/cat-$1.safetensors" --device "$1"\n' \
+printf '#!/usr/bin/env bash\nexec "%s" train --model "%s" --data "%s" --trigger sks --class teapot --method cat --steps 3 --resolution 64 --out "%s/cat-$1${3:-}.safetensors" --device "$1" "${@:2}"\n' \
     "$bin/catlora" "$fx/tiny-sd" "$data" "$work" >"$bin/train"
 chmod +x "$bin/gen" "$bin/train"
 
-step tests-libtorch-cuda 90 env CATLORA_TEST_DEVICES=libtorch-cuda "$bin/devices" --test-threads 1 --nocapture
-step tests-vulkan 100 env CATLORA_TEST_DEVICES=vulkan "$bin/devices" --test-threads 1 --nocapture
-step generate-libtorch-cuda 30 "$bin/gen" libtorch-cuda
-step generate-vulkan 40 "$bin/gen" vulkan
-step train-libtorch-cuda 30 "$bin/train" libtorch-cuda
-step bench-unet-libtorch-cuda 100 "$bin/catlora" bench --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
-step bench-train-libtorch-cuda 160 "$bin/catlora" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
-step train-vulkan 40 "$bin/train" vulkan
-step bench-unet-vulkan 90 "$bin/catlora" bench --sd15 --pixels 512 --iters 5 --device vulkan
-step bench-train-vulkan 120 "$bin/catlora" bench --train --sd15 --pixels 512 --iters 3 --device vulkan
+b="$bin/catlora"
+[ -x "$bin/devices" ] && step tests-libtorch-cuda 60 env CATLORA_TEST_DEVICES=libtorch-cuda "$bin/devices" --test-threads 1 --nocapture
+step tests-precision-libtorch-cuda 40 env CATLORA_TEST_DEVICE=libtorch-cuda "$bin/precision" --test-threads 1 --nocapture
+step bench-train-libtorch-cuda 150 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
+step bench-train-libtorch-cuda-fp16 180 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision fp16 --torch "$py"
+step bench-unet-libtorch-cuda-fp16 60 "$b" bench --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision fp16 --torch "$py"
+[ -x "$bin/devices" ] && step tests-vulkan 60 env CATLORA_TEST_DEVICES=vulkan "$bin/devices" --test-threads 1 --nocapture
+step tests-precision-vulkan 40 env CATLORA_TEST_DEVICE=vulkan "$bin/precision" --test-threads 1 --nocapture
+step generate-libtorch-cuda 20 "$bin/gen" libtorch-cuda
+step train-libtorch-cuda 20 "$bin/train" libtorch-cuda
+step train-libtorch-cuda-fp16 20 "$bin/train" libtorch-cuda --precision fp16
+step bench-train-libtorch-cuda-bf16 180 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision bf16 --torch "$py"
+step bench-unet-libtorch-cuda 60 "$b" bench --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
+step generate-vulkan 30 "$bin/gen" vulkan
+step train-vulkan 30 "$bin/train" vulkan
+step bench-unet-vulkan-fp16 60 "$b" bench --sd15 --pixels 512 --iters 3 --device vulkan --precision fp16
 kill "$smi" 2>/dev/null
 cmp -s "$work/gen-libtorch-cuda/1-0.png" "$work/gen-vulkan/1-0.png" && echo "generate: the two devices wrote the same bytes"
 

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod limits;
 pub mod models;
 pub mod pipeline;
+pub mod precision;
 pub mod rng;
 pub mod schedulers;
 pub mod toy;

@@ -45,6 +45,7 @@ fn eval_generates_scores_and_reports() {
         resolution: 64,
         out: out.clone(),
         device: "cpu".into(),
+        precision: catlora::precision::Precision::Fp32,
     };
     let g = evaluate(&opts, |_| {}).unwrap();
     let r = &g.results;

@@ -116,6 +116,7 @@ fn dco_gradient_matches_a_finite_difference() {
             sample_weights: None,
             prior: None,
             batch_passes: false,
+            loss_scale: 1.0,
         };
         let (terms, grads) = cat_gradients(&unet, &adapter.gate, params, &leaves, &inputs).unwrap();
         (terms, grads.iter().map(host).collect::<Vec<_>>())
@@ -188,6 +189,7 @@ fn batched_passes_give_the_terms_and_gradients_of_separate_passes() {
                 weight: 0.7,
             }),
             batch_passes,
+            loss_scale: 1.0,
         };
         let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs).unwrap();
         (terms, grads.iter().map(host).collect::<Vec<_>>())

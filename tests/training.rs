@@ -292,3 +292,33 @@ fn random_crop_training_is_deterministic() {
     assert_ne!(first, centre);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `--precision fp16`: the loss scale starts at GradScaler's 2^16 and is kept in the checkpoint,
+/// a resumed run ends on the uninterrupted run's bytes, and resuming in another precision is
+/// refused (the checkpoint's scale belongs to fp16).
+#[test]
+fn fp16_training_keeps_its_loss_scale_and_resumes_to_the_same_bytes() {
+    use catlora::precision::Precision;
+    use catlora::training::{checkpoint, loss_scale::LossScale};
+    let (cfg, dir) = config("fp16", Method::Cat);
+    let cfg = TrainConfig { precision: Precision::Fp16, steps: 4, save_every: 0, ..cfg };
+    let out = train(&cfg, None, &mut Silent).unwrap();
+    assert!(out.last.total.is_finite());
+    let first = std::fs::read(&out.paths.adapter).unwrap();
+    let state = checkpoint::load(&out.paths.checkpoint).unwrap().state;
+    assert_eq!(state.loss_scale, Some(LossScale { scale: 65536.0, good_steps: 4 }));
+    let log = std::fs::read_to_string(&out.paths.log).unwrap();
+    assert!(!log.contains("skipped"), "no step overflowed on the fixture: {log}");
+
+    std::fs::remove_file(&out.paths.adapter).unwrap();
+    train(&TrainConfig { steps: 2, ..cfg.clone() }, None, &mut Silent).unwrap();
+    let resumed = train(&cfg, Some(&out.paths.checkpoint), &mut Silent).unwrap();
+    assert_eq!(std::fs::read(&resumed.paths.adapter).unwrap(), first, "resumed fp16 run differs");
+
+    let err = train(&TrainConfig { precision: Precision::Fp32, ..cfg.clone() }, Some(&out.paths.checkpoint), &mut Silent)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("other settings"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -3,8 +3,10 @@
 //! from the same formulas (not from their different random generators), so that on a checkpoint
 //! their outputs and gradients agree and the two columns time the same computation.
 use crate::models::config::UNetConfig;
+use crate::models::layers::Walk;
 use crate::models::unet::UNet;
 use crate::models::weights::Weights;
+use crate::precision::Precision;
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -50,6 +52,9 @@ pub struct BenchCase {
     pub tokens: usize,
     /// Timed iterations per phase, after one warm-up.
     pub iters: usize,
+    /// The frozen UNet's precision (`--precision`); both engines run it as mixed precision.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// The real Stable Diffusion 1.5 UNet configuration (`runwayml/stable-diffusion-v1-5`,
@@ -89,6 +94,7 @@ impl BenchCase {
             latent: cfg.sample_size.unwrap_or(32),
             tokens: 77,
             iters,
+            precision: Precision::Fp32,
         })
     }
 
@@ -102,6 +108,7 @@ impl BenchCase {
             latent: pixels / 8,
             tokens: 77,
             iters,
+            precision: Precision::Fp32,
         }
     }
 
@@ -130,7 +137,10 @@ impl BenchCase {
             BenchModel::Dir { path } => Weights::open_dir(path, "diffusion_pytorch_model", &device)?,
             BenchModel::Random { seed, .. } => Weights::random(*seed, &device),
         };
-        let unet = UNet::load(&weights, &cfg).with_context(|| format!("case `{}`: cannot load the UNet", self.name))?;
+        let mut unet = UNet::load(&weights, &cfg).with_context(|| format!("case `{}`: cannot load the UNet", self.name))?;
+        if self.precision.is_half() {
+            unet.cast(self.precision.dtype());
+        }
         Ok((unet, cfg))
     }
 }

@@ -66,6 +66,7 @@ pub fn run_phase(case: &BenchCase, phase: Phase) -> Result<()> {
                     sample_weights: None,
                     prior: None,
                     batch_passes: false,
+                    loss_scale: 1.0,
                 };
                 let (_, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs)?;
                 opt.update(&mut params.values, &grads, 1e-4);

@@ -9,7 +9,9 @@ use super::{BenchOptions, Job, child, torch};
 use crate::adapters::lora::{LoraConfig, PAPER_UNET_TARGETS, Targets, attach_new};
 use crate::rng::Rng;
 use crate::training::adamw::{AdamW, AdamWConfig};
+use crate::training::loss_scale::LossScale;
 use crate::training::objective::{LossTerms, Preserve, PreserveTerm, StepInputs, cat_gradients, mse};
+use crate::training::params::global_norm;
 use crate::training::params::{AdapterParams, Params, host};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -197,6 +199,7 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
     let cond_trigger = || trigger.clone();
     let cond_plain = || plain.clone();
 
+    let mut loss_scale = (case.precision == crate::precision::Precision::Fp16).then(LossScale::default);
     let mut step_all_ms = Vec::with_capacity(case.iters);
     let mut first_loss = f64::NAN;
     let mut last = LossTerms::default();
@@ -219,9 +222,13 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
             sample_weights: None,
             prior: None,
             batch_passes: tc.method == TrainMethod::CatBatched,
+            loss_scale: loss_scale.map_or(1.0, |s| s.scale),
         };
         let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs)?;
-        opt.update(&mut params.values, &grads, st.lr);
+        // fp16's overflow check reads the gradient norm, as `catlora train` does.
+        if loss_scale.as_mut().is_none_or(|s| s.update(global_norm(&grads).is_finite())) {
+            opt.update(&mut params.values, &grads, st.lr);
+        }
         drop(leaves);
         // The step is done when its last result exists (backends may run asynchronously).
         let _ = host(&params.values[params.values.len() - 1]);
@@ -267,7 +274,7 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
     Ok(TrainResult {
         case: case.name.clone(),
         method: tc.method,
-        engine: engine_name(&case.device),
+        engine: engine_name(case),
         threads: default_threads(),
         iters: case.iters,
         params: params_frozen,
@@ -484,6 +491,23 @@ mod tests {
             latent: 8,
             tokens: 5,
             iters,
+            precision: crate::precision::Precision::Fp32,
+        }
+    }
+
+    #[test]
+    fn half_precision_steps_run_with_the_label_and_nearly_the_loss_of_float32() {
+        use crate::precision::Precision;
+        let settings = TrainSettings::default();
+        let run = |precision| {
+            let case = BenchCase { precision, ..tiny_case(1) };
+            run_train_case(&TrainCase { case, method: TrainMethod::Cat, settings: settings.clone() }).unwrap()
+        };
+        let f32_loss = run(Precision::Fp32).first_loss;
+        for (precision, tol) in [(Precision::Fp16, 1e-2), (Precision::Bf16, 5e-2)] {
+            let r = run(precision);
+            assert!(r.engine.ends_with(&format!("{})", precision.name())), "{}", r.engine);
+            assert!((r.first_loss - f32_loss).abs() <= tol * f32_loss, "{precision:?}: {} vs {f32_loss}", r.first_loss);
         }
     }
 

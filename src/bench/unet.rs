@@ -6,6 +6,7 @@ use super::machine::{Idle, IdleWatch, default_threads, mean_abs, median, min, pr
 use super::targets;
 use super::{BenchOptions, Job, child, torch};
 use crate::models::unet::UNet;
+use crate::precision::Precision;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -49,8 +50,12 @@ pub struct BenchResult {
     pub grad_mean_abs: f64,
 }
 
-pub fn engine_name(device: &str) -> String {
-    format!("catlora (burn 0.22.1, {device}, f32)")
+pub fn engine_name(case: &BenchCase) -> String {
+    let precision = match case.precision {
+        Precision::Fp32 => "f32",
+        p => p.name(),
+    };
+    format!("catlora (burn 0.22.1, {}, {precision})", case.device)
 }
 
 /// The parameter count of a UNet.
@@ -120,7 +125,7 @@ pub fn run_case(case: &BenchCase) -> Result<BenchResult> {
 
     Ok(BenchResult {
         case: case.name.clone(),
-        engine: engine_name(&case.device),
+        engine: engine_name(case),
         threads: default_threads(),
         iters: case.iters,
         params,

@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// The device catlora's cases run on (`cpu`, `libtorch`, `libtorch-cuda[:N]`, `vulkan[:N]`).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: String,
+    /// The UNet's precision on both engines: fp32, or fp16 / bf16 mixed precision (PyTorch under
+    /// autocast, fp16 training with GradScaler; catlora as `train --precision`).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: catlora::precision::Precision,
     /// Python of a venv with torch and diffusers, for the comparison column.
     #[arg(long, value_name = "PYTHON")]
     pub torch: Option<PathBuf>,
@@ -91,6 +95,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     for c in &mut cases {
         c.device = a.device.clone();
+        c.precision = a.precision;
     }
     let names: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     if names.len() != cases.len() {

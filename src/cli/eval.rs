@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use catlora::evaluation::eval::{EvalOptions, evaluate, write_outputs};
 use catlora::io::read_prompt_file;
 use catlora::io::safetensors::SafeTensorsFile;
+use catlora::precision::Precision;
 use catlora::schedulers::SamplerKind;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,10 @@ pub struct EvalArgs {
     /// `cpu` or `vulkan[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The generating models' precision: fp32, fp16 or bf16 (the CLIP model that scores stays
+    /// float32).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -126,6 +131,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         resolution: a.resolution,
         out: a.out,
         device: a.device,
+        precision: a.precision,
     };
     let bar = super::Progress::new("eval", 0);
     let g = evaluate(&opts, |msg| bar.message(msg))?;

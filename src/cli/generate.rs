@@ -5,6 +5,7 @@ use catlora::io::image::tensor_to_rgb8;
 use catlora::pipeline::infotext::save_with_infotext;
 use catlora::pipeline::model::{ModelConfigs, StableDiffusion};
 use catlora::pipeline::txt2img::{self, GenerateParams};
+use catlora::precision::Precision;
 use catlora::schedulers::SamplerKind;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,10 @@ pub struct GenerateArgs {
     /// `cpu` or `vulkan[:N]` (with a build that has the `vulkan` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The models' precision: fp32, or fp16 / bf16 (weights and activations in half precision,
+    /// LoRA branches and normalisation statistics in float32).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -142,6 +147,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create the output folder {}", a.out.display()))?;
     // The library's load errors name the folder and file.
     let mut sd = StableDiffusion::load(&a.model, &device)?;
+    sd.set_precision(a.precision);
     for l in &a.loras {
         let mut targets = sd.targets();
         let known = targets.known_modules();

@@ -1,5 +1,6 @@
 //! `catlora train`: the options of a training run, merged over `--config` (or the defaults).
 use anyhow::{Context, Result, bail};
+use catlora::precision::Precision;
 use catlora::training::config::expand_target_presets;
 use catlora::training::config::{Concept, FileFormat, Method, PreserveWeight, SavePrecision, Schedule, TrainConfig, parse_preserve};
 use catlora::training::data::expand_kohya_layouts;
@@ -54,6 +55,10 @@ pub struct TrainArgs {
     /// activation memory of the wider batch (`--batch-passes=false` undoes a config file's setting).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub batch_passes: Option<bool>,
+    /// The frozen models' precision: fp32, or fp16 / bf16 mixed precision (LoRA weights, loss
+    /// and optimiser stay float32; fp16 scales the loss dynamically) [default: fp32].
+    #[arg(long, value_name = "P")]
+    pub precision: Option<Precision>,
     /// DCO's β (--method dco) [default: 1000].
     #[arg(long, value_name = "F")]
     pub dco_beta: Option<f64>,
@@ -336,6 +341,7 @@ pub fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     set(&mut c.preserve_every, &a.preserve_every);
     set(&mut c.batch_passes, &a.batch_passes);
+    set(&mut c.precision, &a.precision);
     set(&mut c.dco_beta, &a.dco_beta);
     set(&mut c.prior_weight, &a.prior_weight);
     set(&mut c.class_images, &a.class_images);

@@ -14,6 +14,7 @@ use crate::io::image::load_rgb;
 use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate_seeded};
+use crate::precision::Precision;
 use crate::schedulers::SamplerKind;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ pub struct EvalOptions {
     pub resolution: usize,
     pub out: PathBuf,
     pub device: String,
+    /// The generating models' precision (the CLIP model that scores stays float32).
+    pub precision: Precision,
 }
 
 impl EvalOptions {
@@ -89,8 +92,9 @@ pub struct ModelSet {
 }
 
 impl ModelSet {
-    pub fn load(model: &Path, adapters: &[PathBuf], device: &burn::tensor::Device) -> Result<Self> {
+    pub fn load(model: &Path, adapters: &[PathBuf], device: &burn::tensor::Device, precision: Precision) -> Result<Self> {
         let mut sd = StableDiffusion::load(model, device)?;
+        sd.set_precision(precision);
         let known = sd.targets().known_modules();
         let mut attached = Vec::new();
         for path in adapters {
@@ -154,12 +158,15 @@ pub fn evaluate_all(runs: &[EvalOptions], workers: usize, mut progress: impl FnM
         if opts.prompts.is_empty() {
             bail!("no prompts to evaluate");
         }
-        if (&opts.model, &opts.adapters, &opts.weights, &opts.device) != (&first.model, &first.adapters, &first.weights, &first.device) {
-            bail!("evaluations run together must share the model, adapters, weights and device");
+        let shared = |o: &EvalOptions| (o.model.clone(), o.adapters.clone(), o.weights.clone(), o.device.clone(), o.precision);
+        if shared(opts) != shared(first) {
+            bail!("evaluations run together must share the model, adapters, weights, device and precision");
         }
     }
     let device = crate::device::parse(&first.device)?;
-    let load_set = || -> Result<ModelSet> { Ok(ModelSet::load(&first.model, &first.adapters, &device)?.with_weights(&first.weights)) };
+    let load_set = || -> Result<ModelSet> {
+        Ok(ModelSet::load(&first.model, &first.adapters, &device, first.precision)?.with_weights(&first.weights))
+    };
     let set = load_set()?;
     for opts in runs {
         set.sd.check_size(opts.resolution, opts.resolution)?;

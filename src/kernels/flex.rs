@@ -180,12 +180,15 @@ impl KernelBackward for Flex {
         match q.dtype() {
             DType::F64 => attention_forward::<f64>(q, k, v, heads, causal),
             _ => {
-                let mut r = via_f32([q, k, v], |[q, k, v]| {
-                    let (o, l) = attention_forward::<f32>(q, k, v, heads, causal);
-                    vec![o, l]
+                // The log-sum-exp stays float32: the backward rebuilds the probabilities from it,
+                // and half precision's 3 digits in an exponent would cost them 1e-2.
+                let mut l = None;
+                let o = via_f32([q, k, v], |[q, k, v]| {
+                    let (o, lse) = attention_forward::<f32>(q, k, v, heads, causal);
+                    l = Some(lse);
+                    vec![o]
                 });
-                let l = r.pop().unwrap();
-                (r.pop().unwrap(), l)
+                (o.into_iter().next().unwrap(), l.unwrap())
             }
         }
     }

@@ -186,7 +186,10 @@ pub fn group_norm_composed(x: Tensor<4>, weight: Tensor<1>, bias: Tensor<1>, gro
 /// Multi-head attention on `[B, N, heads·D]` queries and `[B, M, heads·D]` keys and values,
 /// causal (each query sees the keys up to its own position) when `causal`.
 pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
-    if on_flex(&q.device()) || on_libtorch(&q.device()) {
+    // PyTorch's CUDA kernels take half precision only for head sizes that are multiples of 8
+    // (SD's 40, 64, 80, 160 are; the tiny test models' 4 is not).
+    let libtorch_fits = || !crate::precision::is_half(q.dtype()) || (q.dims()[2] / heads).is_multiple_of(8);
+    if on_flex(&q.device()) || (on_libtorch(&q.device()) && libtorch_fits()) {
         Tensor::from_dispatch(burn::backend::Dispatch::attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), heads, causal))
     } else {
         attention_composed(q, k, v, heads, causal)
@@ -204,7 +207,8 @@ pub fn attention_composed(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize
     let out = if q.is_autodiff() || k.is_autodiff() || v.is_autodiff() {
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
         let scores = if causal { scores.clone() + causal_mask(n, m, &scores.device()).cast(scores.dtype()) } else { scores };
-        burn::tensor::activation::softmax(scores, 3).matmul(v)
+        // The softmax in float32 for half-precision inputs, as PyTorch's autocast runs it.
+        crate::precision::in_f32(scores, |s| burn::tensor::activation::softmax(s, 3)).matmul(v)
     } else {
         let opts = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
         burn::tensor::module::attention(q, k, v, None, None, opts)

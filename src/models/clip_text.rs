@@ -70,7 +70,8 @@ impl ClipTextModel {
         for layer in &self.layers[..keep] {
             x = layer.forward(x, true);
         }
-        self.final_layer_norm.forward(x)
+        // Float32 out of a half-precision model, like every model here.
+        crate::precision::widen(self.final_layer_norm.forward(x))
     }
 
     /// The pooled output `[B, hidden]`: the final hidden state at each sequence's first

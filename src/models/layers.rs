@@ -13,11 +13,12 @@
 use super::lora::LoraBranch;
 pub use super::path::join;
 use super::path::{Param, Vs};
+use crate::precision::{in_f32, widen};
 use anyhow::Result;
-use burn::tensor::Tensor;
 use burn::tensor::activation;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{FloatDType, Tensor};
 
 /// Visits every parameter tensor of a model by its diffusers name, so tests and tools can mark
 /// them trainable, read their gradients or perturb them.
@@ -65,9 +66,28 @@ pub trait Walk {
         self.walk(&mut |layer| layer.visit(v))
     }
 
+    /// Casts every parameter (not the LoRA branches, which keep their own type) to `dtype`.
+    fn cast(&mut self, dtype: FloatDType) {
+        self.visit(&mut CastAll(dtype))
+    }
+
     /// Every layer that can take a LoRA branch, by module path.
     fn lora_targets(&mut self) -> Vec<(String, LoraTarget<'_>)> {
         adaptable(self)
+    }
+}
+
+struct CastAll(FloatDType);
+
+impl ParamVisitor for CastAll {
+    fn visit1(&mut self, _: &str, t: &mut Tensor<1>) {
+        *t = t.clone().cast(self.0);
+    }
+    fn visit2(&mut self, _: &str, t: &mut Tensor<2>) {
+        *t = t.clone().cast(self.0);
+    }
+    fn visit4(&mut self, _: &str, t: &mut Tensor<4>) {
+        *t = t.clone().cast(self.0);
     }
 }
 
@@ -225,12 +245,17 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        crate::kernels::group_norm(x, self.weight.clone(), self.bias.clone(), self.groups, self.eps, false)
+        self.apply(x, false)
     }
 
     /// `silu(self.forward(x))`, fused.
     pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
-        crate::kernels::group_norm(x, self.weight.clone(), self.bias.clone(), self.groups, self.eps, true)
+        self.apply(x, true)
+    }
+
+    /// In float32 for a half-precision model, as PyTorch's autocast runs `group_norm`.
+    fn apply(&self, x: Tensor<4>, silu: bool) -> Tensor<4> {
+        in_f32(x, |x| crate::kernels::group_norm(x, widen(self.weight.clone()), widen(self.bias.clone()), self.groups, self.eps, silu))
     }
 
     pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
@@ -253,9 +278,11 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let normed = (x - mean).div(var.add_scalar(self.eps).sqrt());
-        normed * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
+        in_f32(x, |x| {
+            let (var, mean) = x.clone().var_mean_bias(D - 1);
+            let normed = (x - mean).div(var.add_scalar(self.eps).sqrt());
+            normed * widen(self.weight.clone()).unsqueeze() + widen(self.bias.clone()).unsqueeze()
+        })
     }
 
     pub fn visit(&mut self, v: &mut dyn ParamVisitor) {

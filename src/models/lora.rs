@@ -67,8 +67,10 @@ impl LoraBranch {
         if w == 0.0 {
             return None;
         }
-        let h = burn::tensor::module::linear(x, self.down.clone(), None);
+        // The branch computes in its own (float32) type when the model runs in half precision.
+        let dtype = x.dtype();
+        let h = burn::tensor::module::linear(x.cast(self.down.dtype()), self.down.clone(), None);
         let h = burn::tensor::module::linear(h, self.up.clone(), None);
-        Some(h.mul_scalar(w * self.scale))
+        Some(h.mul_scalar(w * self.scale).cast(dtype))
     }
 }

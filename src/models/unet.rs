@@ -314,7 +314,11 @@ impl UNet {
 
     /// Predicts noise (or velocity) for latents `[B, C, H, W]` at one timestep per sample,
     /// conditioned on text hidden states `[B, N, cross_attention_dim]`.
+    /// The model computes in its weights' type (half precision under `--precision`) and answers
+    /// in the type of `x`.
     pub fn forward(&self, x: Tensor<4>, timesteps: &[f64], context: &Tensor<3>) -> Tensor<4> {
+        let (dtype, answer) = (self.conv_in.weight.dtype(), x.dtype());
+        let (x, context) = (x.cast(dtype), &context.clone().cast(dtype));
         let emb = self.time_linear_2.forward(silu(self.time_linear_1.forward(self.time_features(timesteps))));
         let temb = silu(emb);
         let temb = Some(&temb);
@@ -351,7 +355,7 @@ impl UNet {
                 h = conv.forward(upsample_nearest_2x(h));
             }
         }
-        self.conv_out.forward(self.conv_norm_out.forward_silu(h))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(h)).cast(answer)
     }
 }
 

@@ -161,8 +161,10 @@ impl Vae {
     }
 
     /// Mean and log-variance `[B, latent, H/f, W/f]` of the latent distribution of images in [-1, 1].
+    /// Computes in the weights' type and answers in the type of `x`.
     pub fn encode(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let mut h = self.enc_conv_in.forward(x);
+        let answer = x.dtype();
+        let mut h = self.enc_conv_in.forward(x.cast(self.enc_conv_in.weight.dtype()));
         for blk in &self.enc_blocks {
             for r in &blk.resnets {
                 h = r.forward(h, None);
@@ -178,13 +180,17 @@ impl Vae {
             h = q.forward(h);
         }
         let l = self.config.latent_channels;
+        let h = h.cast(answer);
         let mean = h.clone().narrow(1, 0, l);
         let logvar = h.narrow(1, l, l).clamp(-30.0, 20.0);
         (mean, logvar)
     }
 
     /// Images in roughly [-1, 1] from unscaled latents.
+    /// Computes in the weights' type and answers in the type of `z`.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        let answer = z.dtype();
+        let z = z.cast(self.dec_conv_in.weight.dtype());
         let mut h = match &self.post_quant_conv {
             Some(c) => c.forward(z),
             None => z,
@@ -199,7 +205,7 @@ impl Vae {
                 h = conv.forward(upsample_nearest_2x(h));
             }
         }
-        self.dec_conv_out.forward(self.dec_norm_out.forward_silu(h))
+        self.dec_conv_out.forward(self.dec_norm_out.forward_silu(h)).cast(answer)
     }
 }
 

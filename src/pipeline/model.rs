@@ -3,10 +3,12 @@
 use crate::adapters::lora::Targets;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::config::{ClipTextConfig, UNetConfig, VaeConfig, read_json};
+use crate::models::layers::Walk;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet;
 use crate::models::vae::Vae;
 use crate::models::weights::Weights;
+use crate::precision::Precision;
 use crate::schedulers::{self, SchedulerConfig};
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor};
@@ -132,6 +134,17 @@ impl StableDiffusion {
             scheduler: schedulers::load(&sub("scheduler").join("scheduler_config.json"))?,
             device: device.clone(),
         })
+    }
+
+    /// Casts the frozen weights of the text encoder, UNet and VAE to `precision`; LoRA branches,
+    /// attached before or after, keep float32 (see [`crate::precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        if precision.is_half() {
+            let dtype = precision.dtype();
+            self.text_encoder.cast(dtype);
+            self.unet.cast(dtype);
+            self.vae.cast(dtype);
+        }
     }
 
     /// Warns on stderr when a prompt is longer than the text encoder reads, saying how many

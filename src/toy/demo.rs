@@ -326,6 +326,7 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
         resolution,
         out: out.join("eval"),
         device: opts.device.clone(),
+        precision: crate::precision::Precision::Fp32,
     };
     let mut looks = vec![eval_opts.clone()];
     looks.extend(opts.guided_cfg.map(|cfg| EvalOptions { cfg, out: out.join("guided"), ..eval_opts.clone() }));

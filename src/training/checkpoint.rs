@@ -21,6 +21,9 @@ pub struct State {
     /// The training configuration, serialised; a resumed run must use the same one.
     pub config: serde_json::Value,
     pub last: LossTerms,
+    /// fp16's dynamic loss scale (absent for float32 and bf16 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<super::loss_scale::LossScale>,
 }
 
 pub struct Checkpoint {

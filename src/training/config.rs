@@ -163,6 +163,9 @@ pub struct TrainConfig {
     /// batch with one backward pass: the same gradient, faster, at the activation memory of the
     /// wider batch. Off: one pass and its backward after another.
     pub batch_passes: bool,
+    /// The frozen models' weights and activations: `fp32`, or `fp16` / `bf16` with the LoRA
+    /// weights, the loss and the optimiser in float32 (fp16 with dynamic loss scaling).
+    pub precision: crate::precision::Precision,
     /// DCO's β (the DCO authors' default 1000).
     pub dco_beta: f64,
     /// Weight of the DreamBooth prior loss.
@@ -310,6 +313,7 @@ impl Default for TrainConfig {
             preserve: Vec::new(),
             preserve_every: 1,
             batch_passes: false,
+            precision: crate::precision::Precision::Fp32,
             dco_beta: 1000.0,
             prior_weight: 1.0,
             class_images: 50,

@@ -5,6 +5,7 @@ pub mod buckets;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod loss_scale;
 pub mod metadata;
 pub mod monitor;
 pub mod objective;

@@ -71,6 +71,9 @@ pub struct StepInputs<'a> {
     pub prior: Option<PriorTerm<'a>>,
     /// Run the adapter passes as one batch where their shapes allow (see `groups`).
     pub batch_passes: bool,
+    /// The backward pass runs on the loss times this power of two and the gradients are divided
+    /// by it again (fp16's dynamic loss scaling, `loss_scale`); 1 for float32 and bf16.
+    pub loss_scale: f32,
 }
 
 /// `weight · mse(ε_θ'(z_t^c, t_c, τ(class prompt)), ε_c)` on a class image.
@@ -228,7 +231,13 @@ pub fn cat_gradients(
                 None => weighted,
             });
         }
-        let grads = params.gradients(leaves, &total.expect("a group holds a pass").backward())?;
+        let total = total.expect("a group holds a pass");
+        let root = if inp.loss_scale == 1.0 { total } else { total.mul_scalar(inp.loss_scale) };
+        let mut grads = params.gradients(leaves, &root.backward())?;
+        if inp.loss_scale != 1.0 {
+            // Exact: the scale is a power of two and the gradients are float32.
+            grads = grads.into_iter().map(|g| g.div_scalar(inp.loss_scale)).collect();
+        }
         match &mut out {
             Some(acc) => add_scaled(acc, grads, 1.0),
             None => out = Some(grads),

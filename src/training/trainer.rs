@@ -5,6 +5,7 @@ use super::adamw::{AdamW, AdamWConfig};
 use super::checkpoint::{self, State};
 use super::config::{FileFormat, Method, PreserveWeight, TrainConfig};
 use super::data::{Dataset, LatentDist, encode_latents};
+use super::loss_scale::LossScale;
 use super::metadata::{BaseModel, adapter_metadata, add_hashes};
 use super::monitor::{Monitor, logged, pick_best};
 use super::objective::{Cond, LossTerms, PreserveTerm, PriorTerm, StepInputs, cat_gradients};
@@ -21,6 +22,7 @@ use crate::io::image::{Crop, flip_horizontal, load_rgb, resize_and_crop, tensor_
 use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate, seeded_latents};
+use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::schedulers::{NoiseSchedule, PredictionType, SamplerKind};
 use anyhow::{Context, Result, bail};
@@ -158,9 +160,15 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: &mut dyn Progre
             add_scaled(&mut grads, g, 1.0 / cfg.grad_accum as f32);
             terms.add_scaled(&t, 1.0 / cfg.grad_accum as f64);
         }
-        let lr = run.update(step, grads);
+        let (lr, taken) = run.update(step, grads);
         last = terms;
-        run.log(&serde_json::json!({"step": step + 1, "lr": lr}), terms.named())?;
+        let mut line = serde_json::json!({"step": step + 1, "lr": lr});
+        if !taken {
+            let scale = run.loss_scale.map_or(1.0, |s| s.scale);
+            progress.message(&format!("step {}: fp16 gradients overflowed; step skipped, loss scale now {scale}", step + 1));
+            line["skipped"] = format!("fp16 gradient overflow; loss scale now {scale}").into();
+        }
+        run.log(&line, terms.named())?;
         progress.step(step + 1, &terms, lr);
         run.after_step(step + 1, last, progress)?;
     }
@@ -193,6 +201,8 @@ struct Run<'c> {
     adapter: Adapter,
     params: Params,
     opt: AdamW,
+    /// fp16's dynamic loss scale.
+    loss_scale: Option<LossScale>,
     rng: Rng,
     config_json: serde_json::Value,
     log: std::fs::File,
@@ -211,6 +221,7 @@ impl<'c> Run<'c> {
         let device = crate::device::parse(&cfg.device)?;
         progress.message(&format!("loading {}", cfg.model.display()));
         let mut sd = StableDiffusion::load(&cfg.model, &device)?;
+        sd.set_precision(cfg.precision);
         let text_each_step = !cfg.text_encoder_targets.is_empty() || cfg.augments_captions();
         progress.message("preparing the data (latents and text encodings are cached)");
         let preserve = cfg.preserve_terms();
@@ -237,6 +248,7 @@ impl<'c> Run<'c> {
         let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
         let mut opt = AdamW::new(adam, params.zeros());
         let (mut start, mut last) = (0, LossTerms::default());
+        let mut loss_scale = (cfg.precision == Precision::Fp16).then(LossScale::default);
         if let Some((dir, ck)) = resume {
             if ck.names != params.names {
                 bail!("{}: the checkpoint's parameters do not match this adapter", dir.display());
@@ -248,6 +260,7 @@ impl<'c> Run<'c> {
             opt.step = ck.state.adam_step;
             rng = Rng::from_state(ck.state.rng);
             (start, last) = (ck.state.step, ck.state.last);
+            loss_scale = loss_scale.map(|fresh| ck.state.loss_scale.unwrap_or(fresh));
             progress.message(&format!("resuming from step {start}"));
         }
         // The log keeps the lines of the steps the checkpoint holds.
@@ -256,8 +269,24 @@ impl<'c> Run<'c> {
         let log =
             std::fs::OpenOptions::new().append(true).open(&paths.log).with_context(|| format!("cannot open {}", paths.log.display()))?;
         let config_json = serde_json::to_value(cfg)?;
-        let run =
-            Self { cfg, paths, sd, data, class, noise, preserve, text_each_step, monitor, adapter, params, opt, rng, config_json, log };
+        let run = Self {
+            cfg,
+            paths,
+            sd,
+            data,
+            class,
+            noise,
+            preserve,
+            text_each_step,
+            monitor,
+            adapter,
+            params,
+            opt,
+            loss_scale,
+            rng,
+            config_json,
+            log,
+        };
         Ok((run, start, last))
     }
 
@@ -386,6 +415,7 @@ impl<'c> Run<'c> {
                 weight: cfg.prior_weight,
             }),
             batch_passes: cfg.batch_passes,
+            loss_scale: self.loss_scale.map_or(1.0, |s| s.scale),
         };
         cat_gradients(&sd.unet, &self.adapter.gate, &self.params, &leaves, &inputs).with_context(|| {
             format!("step {}: training stopped; the last good checkpoint stays in {}", step + 1, self.paths.checkpoint.display())
@@ -393,18 +423,24 @@ impl<'c> Run<'c> {
     }
 
     /// Clips the gradients as the settings ask and takes one AdamW step at `step`'s learning
-    /// rates; returns the UNet's.
-    fn update(&mut self, step: usize, mut grads: Vec<Tensor<1>>) -> f64 {
+    /// rates; returns the UNet's, and whether the step was taken (fp16 skips a step whose
+    /// gradients overflowed).
+    fn update(&mut self, step: usize, mut grads: Vec<Tensor<1>>) -> (f64, bool) {
         let cfg = self.cfg;
         let lr = learning_rate(cfg.unet_lr.unwrap_or(cfg.lr), cfg.lr_schedule, cfg.warmup, step, cfg.steps);
         let te_lr = learning_rate(cfg.text_encoder_lr.unwrap_or(cfg.lr), cfg.lr_schedule, cfg.warmup, step, cfg.steps);
         let lrs: Vec<f64> = self.params.names.iter().map(|n| if n.starts_with("text_encoder.") { te_lr } else { lr }).collect();
-        if cfg.max_grad_norm > 0.0 {
-            let norm = global_norm(&grads);
+        let norm = (cfg.max_grad_norm > 0.0 || self.loss_scale.is_some()).then(|| global_norm(&grads));
+        if let Some(scale) = &mut self.loss_scale
+            && !scale.update(norm.is_some_and(f64::is_finite))
+        {
+            return (lr, false);
+        }
+        if let Some(norm) = norm.filter(|_| cfg.max_grad_norm > 0.0) {
             clip_to_norm(&mut grads, norm, cfg.max_grad_norm);
         }
         self.opt.update_each(&mut self.params.values, &grads, &lrs);
-        lr
+        (lr, true)
     }
 
     /// Appends one line to the JSONL log: `line` with the named values added.
@@ -428,7 +464,14 @@ impl<'c> Run<'c> {
         let save_now = cfg.save_every > 0 && done.is_multiple_of(cfg.save_every);
         // The last step always leaves a checkpoint, so that a resume with more steps continues.
         if save_now || done == cfg.steps {
-            let state = State { step: done, rng: self.rng.state(), adam_step: self.opt.step, config: self.config_json.clone(), last };
+            let state = State {
+                step: done,
+                rng: self.rng.state(),
+                adam_step: self.opt.step,
+                config: self.config_json.clone(),
+                last,
+                loss_scale: self.loss_scale,
+            };
             checkpoint::save(&self.paths.checkpoint, &state, &self.params, &self.opt)?;
         }
         if save_now && done < cfg.steps {
