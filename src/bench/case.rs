@@ -139,6 +139,7 @@ impl BenchCase {
         };
         let mut unet = UNet::load(&weights, &cfg).with_context(|| format!("case `{}`: cannot load the UNet", self.name))?;
         if self.precision.is_half() {
+            crate::kernels::check_dtype(&device, self.precision.dtype())?;
             unet.cast(self.precision.dtype());
         }
         Ok((unet, cfg))

@@ -25,10 +25,11 @@ pub enum TrainMethod {
     /// `mse(UNet_lora(z_t, trigger), ε)`: one forward and one backward pass.
     Lora,
     /// catlora's CAT (`cat_gradients`): the base prediction on the same UNet with the adapter
-    /// switched off and no graph, then the two adapter passes, each with its own backward pass.
+    /// switched off and no graph, then the two adapter passes, each with its own backward pass
+    /// (`--batch-passes=false`).
     Cat,
-    /// The same with the two adapter passes as one batch of two and one backward pass
-    /// (`--batch-passes`).
+    /// The same with the two adapter passes as one batch of two and one backward pass (`train`'s
+    /// default; `Cat` is `--batch-passes=false`).
     CatBatched,
     /// The CAT authors' formulation (PyTorch only): a second, frozen UNet copy for the base
     /// prediction, three forward passes, one backward through the two adapter passes.
@@ -372,8 +373,8 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
         "  catlora CAT:  the same with lambda {}: base forward on the same UNet with the adapter off and no graph, then 2 adapter",
         settings.lambda
     )?;
-    writeln!(out, "                passes, each with its own backward (3 forwards, 2 backwards)")?;
-    writeln!(out, "  catlora CAT(b): --batch-passes: the same base forward, then the 2 adapter passes as one batch of two, 1 backward")?;
+    writeln!(out, "                passes, each with its own backward (3 forwards, 2 backwards; `train --batch-passes=false`)")?;
+    writeln!(out, "  catlora CAT(b): the default: the same base forward, then the 2 adapter passes as one batch of two, 1 backward")?;
     writeln!(out, "  torch LoRA:   peft add_adapter, zero_grad + forward + backward + AdamW.step")?;
     writeln!(
         out,

@@ -147,7 +147,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create the output folder {}", a.out.display()))?;
     // The library's load errors name the folder and file.
     let mut sd = StableDiffusion::load(&a.model, &device)?;
-    sd.set_precision(a.precision);
+    sd.set_precision(a.precision)?;
     for l in &a.loras {
         let mut targets = sd.targets();
         let known = targets.known_modules();

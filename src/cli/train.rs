@@ -52,7 +52,8 @@ pub struct TrainArgs {
     pub preserve_every: Option<usize>,
     /// Run each step's adapter passes (diffusion, preservation, prior) as one batch with one
     /// backward pass: the same gradient, faster (measured: README, Performance), with the
-    /// activation memory of the wider batch (`--batch-passes=false` undoes a config file's setting).
+    /// activation memory of the wider batch [default: true]; `--batch-passes=false` runs them one
+    /// after the other, keeping one pass's activations at a time.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub batch_passes: Option<bool>,
     /// The frozen models' precision: fp32, or fp16 / bf16 mixed precision (LoRA weights, loss
@@ -561,10 +562,10 @@ mod tests {
             "cat",
             "--cat-weight",
             "0.5",
-            "--batch-passes",
+            "--batch-passes=false",
         ]);
         let c = parse(&args).unwrap();
-        assert!(c.batch_passes && !TrainConfig::default().batch_passes);
+        assert!(!c.batch_passes && TrainConfig::default().batch_passes);
         assert_eq!((c.method, c.rank, c.alpha, c.lr, c.lr_schedule), (Method::Dreambooth, 8, 16.0, 5e-5, Schedule::Cosine));
         assert_eq!((c.warmup, c.steps, c.batch, c.grad_accum, c.flip, c.random_crop), (10, 20, 2, 3, true, false));
         assert_eq!((c.min_snr_gamma, c.seed, c.format, c.cat_weight), (5.0, 7, FileFormat::Diffusers, 0.5));

@@ -94,7 +94,7 @@ pub struct ModelSet {
 impl ModelSet {
     pub fn load(model: &Path, adapters: &[PathBuf], device: &burn::tensor::Device, precision: Precision) -> Result<Self> {
         let mut sd = StableDiffusion::load(model, device)?;
-        sd.set_precision(precision);
+        sd.set_precision(precision)?;
         let known = sd.targets().known_modules();
         let mut attached = Vec::new();
         for path in adapters {

@@ -149,6 +149,15 @@ pub fn on_libtorch(device: &Device) -> bool {
     false
 }
 
+/// Refuses a half-precision type the backend behind `device` cannot compute: the wgpu backends'
+/// shaders have no bfloat16 (WGSL has none; cubecl stops with "UnsupportedType(cube.bf16)").
+pub fn check_dtype(device: &Device, dtype: burn::tensor::FloatDType) -> anyhow::Result<()> {
+    if dtype == burn::tensor::FloatDType::BF16 && !(on_flex(device) || on_libtorch(device)) {
+        anyhow::bail!("--precision bf16: the wgpu / vulkan backend has no bfloat16 kernels; use fp16 or fp32 there");
+    }
+    Ok(())
+}
+
 /// A convolution with a 3x3 kernel, stride 1 and padding 1, as `conv2d` computes it.
 pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
     if on_flex(&x.device()) {

@@ -2,7 +2,7 @@
 //! latents, the decoder maps latents back. Scaling by `scaling_factor` is the caller's job, as in
 //! diffusers.
 use super::config::VaeConfig;
-use super::layers::{Conv2d, GroupNorm, Layer, Linear, Walk, multi_head_attention, upsample_nearest_2x};
+use super::layers::{Conv2d, GroupNorm, Layer, Linear, Walk, conv_accurately, multi_head_attention, upsample_nearest_2x};
 use super::path::Vs;
 use super::unet::ResnetBlock;
 use super::weights::Weights;
@@ -171,7 +171,7 @@ impl Vae {
             }
             if let Some(conv) = &blk.sampler {
                 let opts = ConvOptions::new_with_padding([2, 2], [(0, 1), (0, 1)], [1, 1], 1);
-                h = conv2d(h, conv.weight.clone(), conv.bias.clone(), opts);
+                h = conv_accurately(h, conv.weight.clone(), conv.bias.clone(), |x, w, b| conv2d(x, w, b, opts));
             }
         }
         h = self.enc_mid.forward(h);

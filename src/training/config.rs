@@ -161,7 +161,8 @@ pub struct TrainConfig {
     pub preserve_every: usize,
     /// Run a step's adapter passes (the diffusion term, each preservation term, the prior) as one
     /// batch with one backward pass: the same gradient, faster, at the activation memory of the
-    /// wider batch. Off: one pass and its backward after another.
+    /// wider batch (the default). Off: one pass and its backward after another, the activations of
+    /// one pass at a time.
     pub batch_passes: bool,
     /// The frozen models' weights and activations: `fp32`, or `fp16` / `bf16` with the LoRA
     /// weights, the loss and the optimiser in float32 (fp16 with dynamic loss scaling).
@@ -312,7 +313,7 @@ impl Default for TrainConfig {
             cat_weight: 1.0,
             preserve: Vec::new(),
             preserve_every: 1,
-            batch_passes: false,
+            batch_passes: true,
             precision: crate::precision::Precision::Fp32,
             dco_beta: 1000.0,
             prior_weight: 1.0,

@@ -107,7 +107,16 @@ pub fn preflight(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Option<chec
         }
     }
     let configs = crate::pipeline::model::ModelConfigs::read(&cfg.model)?;
-    let passes = if cfg.method == Method::Dreambooth { 2 } else { 1 };
+    // The batch whose activations one backward pass keeps: with --batch-passes every adapter pass
+    // of a step (the diffusion term, each preservation term, the prior) at once.
+    let dreambooth = cfg.method == Method::Dreambooth;
+    let passes = if cfg.batch_passes {
+        1 + cfg.preserve_terms().len() + usize::from(dreambooth)
+    } else if dreambooth {
+        2
+    } else {
+        1
+    };
     for (w, h) in cfg.training_sizes() {
         let what = if cfg.enable_bucket { format!("the {w}x{h} bucket with --batch") } else { "--resolution and --batch".into() };
         configs.check_run(w, h, cfg.batch * passes, true, &what)?;

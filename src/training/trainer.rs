@@ -221,7 +221,7 @@ impl<'c> Run<'c> {
         let device = crate::device::parse(&cfg.device)?;
         progress.message(&format!("loading {}", cfg.model.display()));
         let mut sd = StableDiffusion::load(&cfg.model, &device)?;
-        sd.set_precision(cfg.precision);
+        sd.set_precision(cfg.precision)?;
         let text_each_step = !cfg.text_encoder_targets.is_empty() || cfg.augments_captions();
         progress.message("preparing the data (latents and text encodings are cached)");
         let preserve = cfg.preserve_terms();
