@@ -107,6 +107,24 @@ fn generate_writes_one_png_with_parameters_and_is_deterministic() {
 }
 
 #[test]
+fn generate_in_half_precision_says_so_and_stays_close_to_float32() {
+    let (a, h) = (scratch("gen-f32"), scratch("gen-f16"));
+    generate(&a, &["--seed", "5"]);
+    generate(&h, &["--seed", "5", "--precision", "fp16"]);
+    let p = parameters(&pngs(&h)[0]);
+    assert!(p.ends_with(", Precision: fp16"), "{p}");
+    assert!(!parameters(&pngs(&a)[0]).contains("Precision"));
+    let pixels = |d: &Path| catlora::io::image::load_rgb(&pngs(d)[0]).unwrap().into_raw();
+    let (x, y) = (pixels(&a), pixels(&h));
+    let mean = x.iter().zip(&y).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / x.len() as f64;
+    assert!(mean <= 1.0, "fp16 image mean abs difference {mean} of 255");
+    fails(&["generate", "--model", &model(), "--prompt", "a", "--out", "x", "--precision", "fp8"], &["fp8"]);
+    for d in [a, h] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
 fn generate_with_a_weighted_lora() {
     let (base, with) = (scratch("lora-base"), scratch("lora-with"));
     generate(&base, &["--sampler", "ddim"]);

@@ -49,7 +49,9 @@ fn normalise(x: &Tensor, groups: i64, eps: f64) -> (Tensor, Tensor, Tensor) {
     let hw: i64 = s[2..].iter().product();
     let (_, mean, rstd) = x.native_group_norm(None::<Tensor>, None::<Tensor>, s[0], s[1], hw, groups, eps);
     let grouped = x.reshape([s[0], groups, -1]);
-    let xhat = ((grouped - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)).reshape(s.as_slice());
+    let mut xhat = grouped - mean.unsqueeze(-1);
+    let _ = xhat.g_mul_(&rstd.unsqueeze(-1));
+    let xhat = xhat.reshape(s.as_slice());
     (xhat, mean, rstd)
 }
 
@@ -97,22 +99,33 @@ impl KernelBackward for LibTorch {
         let s = x.size();
         let c = s[1];
         let (xhat, _, rstd) = normalise(x, groups as i64, eps);
+        // In place where a buffer is not read again: the backward of the largest layers sets the
+        // peak memory of a training step, and every full-size temporary counts.
         let g = if silu {
-            let y = &xhat * per_channel(w, c) + per_channel(b, c);
+            // silu'(y) = σ(y) (1 + y (1 − σ(y)))
+            let mut y = &xhat * per_channel(w, c) + per_channel(b, c);
             let sg = y.sigmoid();
-            dy * &sg * (1.0 + y * (1.0 - &sg))
+            let _ = y.g_mul_(&sg.rsub_scalar(1.0));
+            let _ = y.g_add_scalar_(1.0);
+            let _ = y.g_mul_(&sg);
+            drop(sg);
+            let _ = y.g_mul_(dy);
+            y
         } else {
             dy.shallow_clone()
         };
         let reduce = [0i64, 2, 3];
         let dw = (&g * &xhat).sum_dim_intlist(&reduce[..], false, None);
         let db = g.sum_dim_intlist(&reduce[..], false, None);
-        let gw = (&g * per_channel(w, c)).reshape([s[0], groups as i64, -1]);
+        let mut gw = (g * per_channel(w, c)).reshape([s[0], groups as i64, -1]);
         let xg = xhat.reshape([s[0], groups as i64, -1]);
         let mean_g = gw.mean_dim(-1, true, None);
         let mean_gx = (&gw * &xg).mean_dim(-1, true, None);
-        let dx = (rstd.unsqueeze(-1) * (gw - mean_g - xg * mean_gx)).reshape(s.as_slice());
-        (wrap(dx), wrap(dw), wrap(db))
+        // dx = rstd (g·w − mean(g·w) − x̂ mean(g·w·x̂)), built in gw's buffer.
+        let _ = gw.g_sub_(&mean_g);
+        let _ = gw.g_sub_(&(xg * mean_gx));
+        let _ = gw.g_mul_(&rstd.unsqueeze(-1));
+        (wrap(gw.reshape(s.as_slice())), wrap(dw), wrap(db))
     }
 
     fn attention_with_lse(q: TchTensor, k: TchTensor, v: TchTensor, heads: usize, causal: bool) -> (TchTensor, TchTensor) {

@@ -37,7 +37,19 @@ fn quote(v: &str) -> String {
 
 /// Saves a generated `p.width × p.height` RGB image with its [`infotext`].
 pub fn save_with_infotext(path: &Path, rgb: &[u8], p: &GenerateParams, model: &str, loras: &[(String, f32)]) -> Result<()> {
-    save_png(path, rgb, p.width as u32, p.height as u32, &[("parameters", &infotext(p, model, loras, &[]))])
+    save_with_fields(path, rgb, p, model, loras, &[])
+}
+
+/// [`save_with_infotext`] with catlora's own fields after A1111's (e.g. `Precision: fp16`).
+pub fn save_with_fields(
+    path: &Path,
+    rgb: &[u8],
+    p: &GenerateParams,
+    model: &str,
+    loras: &[(String, f32)],
+    extra: &[(String, String)],
+) -> Result<()> {
+    save_png(path, rgb, p.width as u32, p.height as u32, &[("parameters", &infotext(p, model, loras, extra))])
 }
 
 #[cfg(test)]
