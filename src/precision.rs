@@ -41,6 +41,10 @@ impl Precision {
         }
     }
 
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+
     pub fn is_half(self) -> bool {
         self != Precision::Fp32
     }

@@ -291,6 +291,7 @@ fn score(opts: &EvalOptions, clip: &ClipModel, names: &[String], images: Vec<Ima
         sampler: opts.sampler.to_string(),
         cfg: opts.cfg,
         resolution: opts.resolution,
+        precision: opts.precision,
         models,
         images,
     };

@@ -1,5 +1,6 @@
 //! What an evaluation measured: the scores of each model and the record of every image, as
 //! `results.json` holds them (read by the report, the demo and the tests).
+use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
 
 /// The scores of one model (the base model or an adapter).
@@ -42,6 +43,25 @@ pub struct EvalResults {
     pub sampler: String,
     pub cfg: f64,
     pub resolution: usize,
+    /// The generating models' precision (absent: float32).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
     pub models: Vec<ModelScores>,
     pub images: Vec<ImageRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_precision_is_recorded_when_it_is_not_float32() {
+        let json =
+            r#"{"trigger":"sks","prompts":[],"seeds":[],"steps":1,"sampler":"ddim","cfg":1.0,"resolution":64,"models":[],"images":[]}"#;
+        let mut r: EvalResults = serde_json::from_str(json).unwrap();
+        assert_eq!(r.precision, Precision::Fp32, "an older results.json reads as float32");
+        assert_eq!(serde_json::to_string(&r).unwrap(), json, "float32 results keep their bytes");
+        r.precision = Precision::Fp16;
+        assert!(serde_json::to_string(&r).unwrap().contains(r#""precision":"fp16""#));
+    }
 }
