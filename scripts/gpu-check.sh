@@ -6,6 +6,13 @@
 #   bash scripts/gpu-check.sh BUNDLE OUT [SECONDS]
 #   GPU_CHECK_STEPS='name ...' bash scripts/gpu-check.sh BUNDLE OUT [SECONDS]   (some steps only)
 #
+# It reads only tests/fixtures/tiny-sd (its tokenizer from vocab.json + merges.txt), the
+# reference tensors, init-latents, cat-step-grads, lora-diffusers and the two ddim PNGs. When the
+# checkout and the bundle must travel together under a size limit (the tracked tree is about
+# 60 MB, the bundle about 50), the rest can stay behind for the call: assets/,
+# tests/fixtures/{tiny-sd2-v,tiny-clip,vpred*,eps*}, tiny-sd's tokenizer.json, and devices.xz
+# (precision.xz checks float32 as well).
+#
 # What it needs there, and how it finds it:
 # - PyTorch: the `python3` on PATH must import torch with CUDA (the version the bundle was built
 #   against); its lib/ goes on LD_LIBRARY_PATH for `--device libtorch-cuda`. diffusers, if that
