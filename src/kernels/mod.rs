@@ -149,10 +149,16 @@ pub fn on_libtorch(device: &Device) -> bool {
     false
 }
 
+/// Whether the backend behind `device` computes half precision with float32 sums and has
+/// bfloat16 (flex and LibTorch); burn's wgpu backends have neither.
+pub fn full_half_support(device: &Device) -> bool {
+    on_flex(device) || on_libtorch(device)
+}
+
 /// Refuses a half-precision type the backend behind `device` cannot compute: the wgpu backends'
 /// shaders have no bfloat16 (WGSL has none; cubecl stops with "UnsupportedType(cube.bf16)").
 pub fn check_dtype(device: &Device, dtype: burn::tensor::FloatDType) -> anyhow::Result<()> {
-    if dtype == burn::tensor::FloatDType::BF16 && !(on_flex(device) || on_libtorch(device)) {
+    if dtype == burn::tensor::FloatDType::BF16 && !full_half_support(device) {
         anyhow::bail!("--precision bf16: the wgpu / vulkan backend has no bfloat16 kernels; use fp16 or fp32 there");
     }
     Ok(())

@@ -195,8 +195,7 @@ pub fn conv_accurately(
     bias: Option<Tensor<1>>,
     conv: impl FnOnce(Tensor<4>, Tensor<4>, Option<Tensor<1>>) -> Tensor<4>,
 ) -> Tensor<4> {
-    let device = x.device();
-    if is_half(x.dtype()) && !(crate::kernels::on_flex(&device) || crate::kernels::on_libtorch(&device)) {
+    if is_half(x.dtype()) && !crate::kernels::full_half_support(&x.device()) {
         in_f32(x, |x| conv(x, widen(weight), bias.map(widen)))
     } else {
         conv(x, weight, bias)
@@ -291,9 +290,14 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        // burn's layer norm: one kernel on flex and LibTorch without a graph, its composition
-        // under autodiff.
-        in_f32(x, |x| burn::tensor::module::layer_norm(x, widen(self.weight.clone()), Some(widen(self.bias.clone())), self.eps))
+        // Spelled out rather than burn's `layer_norm`: with flex's kernel for it, a zero adapter's
+        // batched passes differed from the adapter-off pass (preservation terms 6e-14 instead of
+        // 0), so its rows depend on the batch around them; these operations' rows do not.
+        in_f32(x, |x| {
+            let (var, mean) = x.clone().var_mean_bias(D - 1);
+            let normed = (x - mean).div(var.add_scalar(self.eps).sqrt());
+            normed * widen(self.weight.clone()).unsqueeze() + widen(self.bias.clone()).unsqueeze()
+        })
     }
 
     pub fn visit(&mut self, v: &mut dyn ParamVisitor) {
