@@ -8,7 +8,11 @@
 //! - normalisation statistics (group norm, layer norm) and the attention softmax of the
 //!   composed path: a mean over 160 000 activations overflows float16's 65504;
 //! - every model's input and output: a model takes float32 and returns float32, so the
-//!   schedulers, the loss and the optimiser never see half precision.
+//!   schedulers, the loss and the optimiser never see half precision;
+//! - on the wgpu backends, the convolutions (`models::layers::conv_accurately`): burn's kernels
+//!   there sum half precision in half precision.
+//!
+//! fp16 training also scales its loss (`training::loss_scale`); bf16 needs no scaling.
 use burn::tensor::{DType, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
