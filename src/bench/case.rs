@@ -138,10 +138,7 @@ impl BenchCase {
             BenchModel::Random { seed, .. } => Weights::random(*seed, &device),
         };
         let mut unet = UNet::load(&weights, &cfg).with_context(|| format!("case `{}`: cannot load the UNet", self.name))?;
-        if self.precision.is_half() {
-            crate::kernels::check_dtype(&device, self.precision.dtype())?;
-            unet.cast(self.precision.dtype());
-        }
+        unet.set_precision(self.precision, &device)?;
         Ok((unet, cfg))
     }
 }

@@ -61,10 +61,11 @@ pub const UNET_FWD_BWD_PEAK: Target =
 /// A training step, same algorithm on both sides.
 pub const LORA_STEP: Target = Target { what: "LoRA step, catlora / PyTorch", time: true, flex: Some(1.5), libtorch: Some(1.0) };
 /// CAT against PyTorch running the same algorithm (the adapter switched off for the base pass):
-/// catlora runs the base pass without a graph and the two adapter passes one after the other.
+/// catlora runs the base pass without a graph and the two adapter passes one after the other
+/// (`--batch-passes=false`).
 pub const CAT_STEP_VS_OFF: Target =
     Target { what: "CAT step, catlora / PyTorch adapter-off CAT", time: true, flex: Some(1.5), libtorch: Some(0.9) };
-/// The same with `--batch-passes` (the two adapter passes as one batch of two).
+/// The same with the two adapter passes as one batch of two (`train`'s default).
 pub const CAT_BATCHED_VS_OFF: Target =
     Target { what: "CAT step, batched passes / PyTorch adapter-off", time: true, flex: Some(1.5), libtorch: Some(0.9) };
 pub const CAT_BATCHED_OVER_LORA: Target =

@@ -200,7 +200,7 @@ pub fn run_train_case(tc: &TrainCase) -> Result<TrainResult> {
     let cond_trigger = || trigger.clone();
     let cond_plain = || plain.clone();
 
-    let mut loss_scale = (case.precision == crate::precision::Precision::Fp16).then(LossScale::default);
+    let mut loss_scale = LossScale::for_precision(case.precision);
     let mut step_all_ms = Vec::with_capacity(case.iters);
     let mut first_loss = f64::NAN;
     let mut last = LossTerms::default();

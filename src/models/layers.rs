@@ -13,12 +13,12 @@
 use super::lora::LoraBranch;
 pub use super::path::join;
 use super::path::{Param, Vs};
-use crate::precision::{in_f32, is_half, widen};
+use crate::precision::{Precision, in_f32, is_half, widen};
 use anyhow::Result;
 use burn::tensor::activation;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 /// Visits every parameter tensor of a model by its diffusers name, so tests and tools can mark
 /// them trainable, read their gradients or perturb them.
@@ -66,9 +66,14 @@ pub trait Walk {
         self.walk(&mut |layer| layer.visit(v))
     }
 
-    /// Casts every parameter (not the LoRA branches, which keep their own type) to `dtype`.
-    fn cast(&mut self, dtype: FloatDType) {
-        self.visit(&mut CastAll(dtype))
+    /// Casts every parameter (not the LoRA branches, which keep their own type) to `precision`'s
+    /// type (nothing to do for fp32), refusing one the backend behind `device` cannot compute.
+    fn set_precision(&mut self, precision: Precision, device: &Device) -> Result<()> {
+        if precision.is_half() {
+            crate::kernels::check_dtype(device, precision.dtype())?;
+            self.visit(&mut CastAll(precision.dtype()));
+        }
+        Ok(())
     }
 
     /// Every layer that can take a LoRA branch, by module path.

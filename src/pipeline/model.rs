@@ -139,14 +139,9 @@ impl StableDiffusion {
     /// Casts the frozen weights of the text encoder, UNet and VAE to `precision`; LoRA branches,
     /// attached before or after, keep float32 (see [`crate::precision`]).
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision.is_half() {
-            let dtype = precision.dtype();
-            crate::kernels::check_dtype(&self.device, dtype)?;
-            self.text_encoder.cast(dtype);
-            self.unet.cast(dtype);
-            self.vae.cast(dtype);
-        }
-        Ok(())
+        self.text_encoder.set_precision(precision, &self.device)?;
+        self.unet.set_precision(precision, &self.device)?;
+        self.vae.set_precision(precision, &self.device)
     }
 
     /// Warns on stderr when a prompt is longer than the text encoder reads, saying how many

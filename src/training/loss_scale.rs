@@ -24,6 +24,11 @@ impl Default for LossScale {
 }
 
 impl LossScale {
+    /// A fresh scale for an fp16 run; float32 and bf16 need none.
+    pub fn for_precision(precision: crate::precision::Precision) -> Option<Self> {
+        (precision == crate::precision::Precision::Fp16).then(Self::default)
+    }
+
     /// Records a step's outcome (`finite`: its unscaled gradients are all finite) and says
     /// whether the optimiser may take it.
     pub fn update(&mut self, finite: bool) -> bool {

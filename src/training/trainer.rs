@@ -22,7 +22,6 @@ use crate::io::image::{Crop, flip_horizontal, load_rgb, resize_and_crop, tensor_
 use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate, seeded_latents};
-use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::schedulers::{NoiseSchedule, PredictionType, SamplerKind};
 use anyhow::{Context, Result, bail};
@@ -248,7 +247,7 @@ impl<'c> Run<'c> {
         let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
         let mut opt = AdamW::new(adam, params.zeros());
         let (mut start, mut last) = (0, LossTerms::default());
-        let mut loss_scale = (cfg.precision == Precision::Fp16).then(LossScale::default);
+        let mut loss_scale = LossScale::for_precision(cfg.precision);
         if let Some((dir, ck)) = resume {
             if ck.names != params.names {
                 bail!("{}: the checkpoint's parameters do not match this adapter", dir.display());

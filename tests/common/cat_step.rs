@@ -66,9 +66,7 @@ pub fn check_cat_step_at(
         ClipTextModel::load(&Weights::open_dir(&dir, "model", dev).unwrap(), &cfg, None).unwrap()
     };
     let mut unet = load_unet();
-    if precision.is_half() {
-        unet.cast(precision.dtype());
-    }
+    unet.set_precision(precision, dev).unwrap();
     let file = read_lora(&mut unet, lora);
     let mut targets = Targets { unet: &mut unet, text_encoder: None };
     let adapter = attach_file(&mut targets, &file, 1.0, "fixture").unwrap();
