@@ -2,7 +2,8 @@
 //! (any device of the build; the CPU backend by default). Float32 gets the fixtures README's
 //! tolerances. Half precision cannot meet them; the tolerance each check states is twice the
 //! error diffusers' own models make in the same precision on the same tensors (weights cast with
-//! `.to(dtype)`, torch 2.9.0 and diffusers 0.42.1 on CPU), rounded up:
+//! `.to(dtype)`, torch 2.9.0 and diffusers 0.42.1 on CPU; `scripts/fixtures/half_precision_errors.py`
+//! prints them), rounded up:
 //!
 //! | relative max error | fp16 diffusers | fp16 allowed | bf16 diffusers | bf16 allowed |
 //! |---|---|---|---|---|

@@ -31,7 +31,7 @@ pub fn check_cat_step(dev: &Device, model: &str, refs: &str, lora: &str, grads_f
 /// The tolerances a precision earns: (loss terms, gradients) relative, and the loss scale. Float32's
 /// are the fixtures README's; half precision's are twice the error peft makes on this step with
 /// the UNet cast to that type and the LoRA in float32 (fp16 with GradScaler's 2^16 loss scale;
-/// torch 2.9.0 CPU, diffusers 0.42.1, peft 0.21.2): loss terms 6.2e-4 (fp16) and 5.6e-3 (bf16)
+/// torch 2.9.0 CPU, diffusers 0.42.1, peft 0.21.2; `scripts/fixtures/half_precision_errors.py`): loss terms 6.2e-4 (fp16) and 5.6e-3 (bf16)
 /// relative, the worst of 256 gradients 3.2e-2 and 1.3e-1.
 pub fn cat_step_tolerances(precision: Precision) -> (f64, f32, f32) {
     match precision {
