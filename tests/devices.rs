@@ -12,7 +12,7 @@
 #![cfg(any(feature = "libtorch", feature = "vulkan", feature = "wgpu"))]
 mod common;
 use burn::tensor::{Device, Distribution, Tensor};
-use catlora::kernels;
+use catlora::kernels::{self, blocked_attention};
 use catlora::models::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use catlora::models::{clip_text::ClipTextModel, unet::UNet, vae::Vae, weights::Weights};
 use catlora::pipeline::model::StableDiffusion;
@@ -88,6 +88,14 @@ fn fused_operations_match_their_compositions() {
             assert_close(&format!("{name} attention {n}x{m}"), &a.0, &c.0, 1e-5);
             assert_close(&format!("{name} attention d q"), &a.1, &c.1, 1e-4);
             assert_close(&format!("{name} attention d k"), &a.2, &c.2, 1e-4);
+            // The wgpu backends' blocked passes in several blocks (the dispatch above takes one
+            // block at these sizes).
+            let (out, lse) = blocked_attention::forward(q.clone(), k.clone(), v.clone(), 3, false, 64.min(n - 1));
+            let (dq, dk, _) =
+                blocked_attention::backward(q.clone(), k.clone(), v.clone(), out.clone(), lse, g.clone(), 3, false, 64.min(n - 1));
+            assert_close(&format!("{name} blocked attention {n}x{m}"), &host(out), &c.0, 1e-5);
+            assert_close(&format!("{name} blocked attention d q"), &host(dq), &c.1, 1e-4);
+            assert_close(&format!("{name} blocked attention d k"), &host(dk), &c.2, 1e-4);
         }
     }
 }

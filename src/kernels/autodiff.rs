@@ -1,7 +1,7 @@
 //! The kernels under autodiff: each forward registers a backward step that calls the inner
 //! backend's backward kernel, and only the gradients of tracked inputs are kept.
 use super::conv3x3::Needed;
-use super::{KernelBackward, KernelOps};
+use super::{AttentionBackward, AttentionOps, KernelBackward, KernelOps};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -81,12 +81,14 @@ impl<B: KernelOps + KernelBackward, C: CheckpointStrategy> KernelOps for Autodif
             OpsKind::UnTracked(prep) => prep.finish(B::group_norm(x, w, b, groups, eps, silu)),
         }
     }
+}
 
+impl<B: AttentionOps + AttentionBackward, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
     fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, heads: usize, causal: bool) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct AttentionBackward;
+        struct AttentionBackwardStep;
 
-        impl<B: KernelBackward> Backward<B, 3> for AttentionBackward {
+        impl<B: AttentionBackward> Backward<B, 3> for AttentionBackwardStep {
             type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, usize, bool);
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
@@ -106,12 +108,12 @@ impl<B: KernelOps + KernelBackward, C: CheckpointStrategy> KernelOps for Autodif
         let (k, k_node) = k.into_parts();
         let (v, v_node) = v.into_parts();
         // The state keeps the inputs, the output and one log-sum-exp per query row: no scores.
-        match AttentionBackward.prepare::<C>([q_node, k_node, v_node]).compute_bound().stateful() {
+        match AttentionBackwardStep.prepare::<C>([q_node, k_node, v_node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (out, lse) = B::attention_with_lse(q.clone(), k.clone(), v.clone(), heads, causal);
                 prep.finish((q, k, v, out.clone(), lse, heads, causal), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(<B as KernelOps>::attention(q, k, v, heads, causal)),
+            OpsKind::UnTracked(prep) => prep.finish(<B as AttentionOps>::attention(q, k, v, heads, causal)),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! types (half precision) take burn's own operations.
 use super::conv3x3::Needed;
 use super::group_norm::Dims;
-use super::{KernelBackward, KernelOps, Real, attention, conv3x3, group_norm};
+use super::{AttentionBackward, AttentionOps, KernelBackward, KernelOps, Real, attention, conv3x3, group_norm};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::tensor::ops::ConvOptions;
@@ -133,10 +133,6 @@ impl KernelOps for Flex {
             _ => via_f32([x, weight, bias], |[x, w, b]| vec![gn_forward::<f32>(x, w, b, groups, eps, silu)]).remove(0),
         }
     }
-
-    fn attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> FlexTensor {
-        Self::attention_with_lse(q, k, v, heads, causal).0
-    }
 }
 
 impl KernelBackward for Flex {
@@ -175,7 +171,15 @@ impl KernelBackward for Flex {
             }
         }
     }
+}
 
+impl AttentionOps for Flex {
+    fn attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> FlexTensor {
+        Self::attention_with_lse(q, k, v, heads, causal).0
+    }
+}
+
+impl AttentionBackward for Flex {
     fn attention_with_lse(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> (FlexTensor, FlexTensor) {
         match q.dtype() {
             DType::F64 => attention_forward::<f64>(q, k, v, heads, causal),

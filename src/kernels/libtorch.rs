@@ -6,7 +6,7 @@
 // burn marks its LibTorch backend deprecated in favour of CubeCL, whose CUDA build downloads LLVM.
 #![allow(deprecated)]
 use super::conv3x3::Needed;
-use super::{KernelBackward, KernelOps, OptionalGrads};
+use super::{AttentionBackward, AttentionOps, KernelBackward, KernelOps, OptionalGrads};
 use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
 use burn::backend::ops::ModuleOps;
@@ -71,10 +71,6 @@ impl KernelOps for LibTorch {
         let (y, _, _) = x.native_group_norm(Some(t(&weight)), Some(t(&bias)), s[0], s[1], hw, groups as i64, eps);
         wrap(if silu { y.silu() } else { y })
     }
-
-    fn attention(q: TchTensor, k: TchTensor, v: TchTensor, heads: usize, causal: bool) -> TchTensor {
-        Self::attention_with_lse(q, k, v, heads, causal).0
-    }
 }
 
 impl KernelBackward for LibTorch {
@@ -127,7 +123,15 @@ impl KernelBackward for LibTorch {
         let _ = gw.g_mul_(&rstd.unsqueeze(-1));
         (wrap(gw.reshape(s.as_slice())), wrap(dw), wrap(db))
     }
+}
 
+impl AttentionOps for LibTorch {
+    fn attention(q: TchTensor, k: TchTensor, v: TchTensor, heads: usize, causal: bool) -> TchTensor {
+        Self::attention_with_lse(q, k, v, heads, causal).0
+    }
+}
+
+impl AttentionBackward for LibTorch {
     fn attention_with_lse(q: TchTensor, k: TchTensor, v: TchTensor, heads: usize, causal: bool) -> (TchTensor, TchTensor) {
         let h = heads as i64;
         let (q4, k4, v4) = (heads_first(t(&q), h), heads_first(t(&k), h), heads_first(t(&v), h));

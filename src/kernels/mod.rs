@@ -1,18 +1,23 @@
 //! Fused operations with their own backward pass, written for burn's pure-Rust CPU backend
 //! (`flex`), where the composed forms spend most of their time in copies and element-wise passes:
 //! the 3x3 convolution without im2col, group normalisation fused with its affine transform and the
-//! SiLU after it, and multi-head attention that keeps no score matrices for its backward pass. Each has a tensor-level function that uses the kernel on
-//! flex and the composition of burn's own operations on every other backend, and each kernel is
-//! tested against that composition, forward and backward.
+//! SiLU after it, and multi-head attention that keeps no score matrices for its backward pass.
+//! Each has a tensor-level function that uses the kernel where one exists (flex; LibTorch calls
+//! PyTorch's; the wgpu backends have attention alone, in [`blocked_attention`]) and the
+//! composition of burn's own operations elsewhere, and each is tested against that composition,
+//! forward and backward.
 //!
-//! They are burn backend extensions (`#[backend_extension]`): [`KernelOps`] routes a dispatch
-//! tensor to the flex kernel ([`flex`]) or, for tensors that record a graph, to the autodiff
-//! wrapper ([`autodiff`]) that registers the kernel's backward pass.
+//! They are burn backend extensions (`#[backend_extension]`): [`KernelOps`] and [`AttentionOps`]
+//! route a dispatch tensor to the backend's kernel ([`flex`], `libtorch`, `cube`) or, for tensors
+//! that record a graph, to the autodiff wrapper ([`autodiff`]) that registers its backward pass.
 // burn marks its LibTorch backend deprecated in favour of CubeCL, whose CUDA build downloads LLVM.
 #![cfg_attr(feature = "libtorch", allow(deprecated))]
 pub mod attention;
 pub mod autodiff;
+pub mod blocked_attention;
 pub mod conv3x3;
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+pub mod cube;
 pub mod flex;
 pub mod group_norm;
 #[cfg(feature = "libtorch")]
@@ -81,8 +86,13 @@ pub trait KernelOps: Backend {
         eps: f64,
         silu: bool,
     ) -> FloatTensor<Self>;
+}
 
-    /// Multi-head scaled dot-product attention on `q [B, N, heads·D]`, `k` and `v [B, M, heads·D]`.
+/// Multi-head scaled dot-product attention, per backend: a trait of its own because the wgpu
+/// backends (`Cube`) have this fused operation alone ([`blocked_attention`], in burn's operations).
+#[backend_extension(Flex, LibTorch: cfg(feature = "libtorch"), Cube: cfg(any(feature = "wgpu", feature = "vulkan")), Autodiff)]
+pub trait AttentionOps: Backend {
+    /// Attention on `q [B, N, heads·D]`, `k` and `v [B, M, heads·D]`.
     fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, heads: usize, causal: bool) -> FloatTensor<Self>;
 }
 
@@ -110,8 +120,11 @@ pub trait KernelBackward: Backend {
         silu: bool,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
 
-    /// [`KernelOps::attention`] and each row's log-sum-exp `[B, heads, N]`.
+/// The attention's passes the autodiff wrapper calls on the inner backend.
+pub trait AttentionBackward: Backend {
+    /// [`AttentionOps::attention`] and each row's log-sum-exp `[B, heads, N]`.
     fn attention_with_lse(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -120,7 +133,7 @@ pub trait KernelBackward: Backend {
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// The gradients of `q`, `k` and `v` of [`KernelOps::attention`].
+    /// The gradients of `q`, `k` and `v` of [`AttentionOps::attention`].
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         q: FloatTensor<Self>,
@@ -143,6 +156,16 @@ pub fn on_flex(device: &Device) -> bool {
 pub fn on_libtorch(device: &Device) -> bool {
     #[cfg(feature = "libtorch")]
     if matches!(device.clone().without_autodiff().as_dispatch(), DispatchDevice::LibTorch(_)) {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
+/// Whether tensors on `device` run on burn's cubecl backend (wgpu, vulkan).
+pub fn on_cube(device: &Device) -> bool {
+    #[cfg(any(feature = "wgpu", feature = "vulkan"))]
+    if matches!(device.clone().without_autodiff().as_dispatch(), DispatchDevice::Cube(_)) {
         return true;
     }
     let _ = device;
@@ -204,7 +227,7 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal:
     // PyTorch's CUDA kernels take half precision only for head sizes that are multiples of 8
     // (SD's 40, 64, 80, 160 are; the tiny test models' 4 is not).
     let libtorch_fits = || !crate::precision::is_half(q.dtype()) || (q.dims()[2] / heads).is_multiple_of(8);
-    if on_flex(&q.device()) || (on_libtorch(&q.device()) && libtorch_fits()) {
+    if on_flex(&q.device()) || on_cube(&q.device()) || (on_libtorch(&q.device()) && libtorch_fits()) {
         Tensor::from_dispatch(burn::backend::Dispatch::attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), heads, causal))
     } else {
         attention_composed(q, k, v, heads, causal)
@@ -334,6 +357,34 @@ mod tests {
                 }
                 let plain = host(attention(q.clone(), k.clone(), v.clone(), heads, causal));
                 assert!(rel(&plain, &composed[0]) <= tol, "no graph");
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_attention_matches_the_composition_forward_and_backward() {
+        let dev = Device::flex();
+        // Blocks that divide the rows, that do not, one row each, and all rows in one; causal too.
+        for (n, m, causal, rows) in [(150, 150, false, 50), (150, 150, false, 64), (9, 5, false, 1), (12, 12, true, 5), (12, 12, true, 12)]
+        {
+            for (dtype, tol) in [(DType::F32, 2e-5), (DType::F64, 1e-11)] {
+                let heads = 3;
+                let q = random([2, n, 12], dtype, &dev);
+                let k = random([2, m, 12], dtype, &dev);
+                let v = random([2, m, 12], dtype, &dev);
+                let r = random([2, n, 12], dtype, &dev);
+                let (qg, kg, vg) =
+                    (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad());
+                let y = attention_composed(qg.clone(), kg.clone(), vg.clone(), heads, causal);
+                let g = (y.clone() * r.clone()).sum().backward();
+                let want = [y.without_autodiff(), qg.grad(&g).unwrap(), kg.grad(&g).unwrap(), vg.grad(&g).unwrap()];
+                let (out, lse) = blocked_attention::forward(q.clone(), k.clone(), v.clone(), heads, causal, rows);
+                assert_eq!(lse.dims(), [2, heads, n]);
+                let (dq, dk, dv) = blocked_attention::backward(q, k, v, out.clone(), lse, r, heads, causal, rows);
+                for (name, (a, c)) in ["output", "d q", "d k", "d v"].iter().zip([out, dq, dk, dv].into_iter().zip(want.iter().cloned())) {
+                    let e = rel(&host(a), &host(c));
+                    assert!(e <= tol, "{n}x{m} causal {causal} rows {rows} {dtype:?} {name}: {e:e}");
+                }
             }
         }
     }
