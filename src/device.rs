@@ -80,6 +80,7 @@ fn vulkan(spec: &str) -> Result<Device> {
 #[allow(deprecated)]
 fn libtorch(spec: &str) -> Result<Device> {
     if spec == "libtorch" {
+        keep_freed_memory();
         return Ok(Device::libtorch());
     }
     let n = index(spec, "libtorch-cuda")?.unwrap_or(0);
@@ -88,6 +89,30 @@ fn libtorch(spec: &str) -> Result<Device> {
         bail!("device `{spec}`: this machine's libtorch sees {available} CUDA device(s)");
     }
     Ok(Device::libtorch_cuda(n))
+}
+
+/// Has glibc's malloc keep the memory that LibTorch's CPU tensors free for the next ones instead
+/// of handing each large block back to the kernel (by default, blocks above 128 kB to 32 MB are
+/// mapped and unmapped one by one, so every new activation is page-faulted and zeroed again): the
+/// reuse a caching allocator gives, and what PyTorch users get from jemalloc or tcmalloc. Measured
+/// on the SD 1.5 UNet at 256 px, 2 cores: forward 1670 -> 1245 ms, forward + backward 3330 ->
+/// 2670 ms, peak memory unchanged. flex showed no gain beyond the noise, so it is left as it is.
+#[cfg(feature = "libtorch")]
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        // SAFETY: mallopt only changes malloc's thresholds; any value is valid (a refused one
+        // leaves the default).
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, std::ffi::c_int::MAX);
+            mallopt(M_TRIM_THRESHOLD, std::ffi::c_int::MAX);
+        }
+    }
 }
 
 /// The number of CUDA devices libtorch can use (0 without CUDA).
