@@ -21,13 +21,13 @@ pub fn block_rows(b: usize, heads: usize, n: usize, m: usize) -> usize {
 }
 
 /// `[B, N, heads·D]` as `[B, heads, N, D]`.
-fn split(t: Tensor<3>, heads: usize) -> Tensor<4> {
+pub(crate) fn split(t: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, n, inner] = t.dims();
     t.reshape([b, n, heads, inner / heads]).swap_dims(1, 2)
 }
 
 /// `[B, heads, N, D]` back to `[B, N, heads·D]`.
-fn merge(t: Tensor<4>) -> Tensor<3> {
+pub(crate) fn merge(t: Tensor<4>) -> Tensor<3> {
     let [b, heads, n, d] = t.dims();
     t.swap_dims(1, 2).reshape([b, n, heads * d])
 }
@@ -46,7 +46,8 @@ fn scores(q_blk: Tensor<4>, k: &Tensor<4>, i0: usize, causal: bool) -> Tensor<4>
     if causal { s.clone() + causal_mask(i0, rows, m, &k.device()).cast(s.dtype()) } else { s }
 }
 
-fn causal_mask(i0: usize, rows: usize, m: usize, device: &Device) -> Tensor<4> {
+/// `[1, 1, rows, m]`: 0 where query row `i0 + r` may see key `j` (`j ≤ i0 + r`), −∞ after.
+pub(crate) fn causal_mask(i0: usize, rows: usize, m: usize, device: &Device) -> Tensor<4> {
     let mut v = vec![0f32; rows * m];
     for r in 0..rows {
         for x in &mut v[r * m + (i0 + r + 1).min(m)..(r + 1) * m] {

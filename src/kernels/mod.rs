@@ -237,31 +237,22 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal:
 /// Attention from burn's operations: scores, softmax and the weighted sum, spelled out under
 /// autodiff (whose graph then keeps the score matrices), burn's fused `attention` otherwise.
 pub fn attention_composed(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
-    let [b, n, inner] = q.dims();
+    let [_, n, inner] = q.dims();
     let m = k.dims()[1];
     let d = inner / heads;
-    let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
-    let (q, k, v) = (split(q, n), split(k, m), split(v, m));
+    let split = |t| blocked_attention::split(t, heads);
+    let (q, k, v) = (split(q), split(k), split(v));
     let out = if q.is_autodiff() || k.is_autodiff() || v.is_autodiff() {
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
-        let scores = if causal { scores.clone() + causal_mask(n, m, &scores.device()).cast(scores.dtype()) } else { scores };
+        let scores =
+            if causal { scores.clone() + blocked_attention::causal_mask(0, n, m, &scores.device()).cast(scores.dtype()) } else { scores };
         // The softmax in float32 for half-precision inputs, as PyTorch's autocast runs it.
         crate::precision::in_f32(scores, |s| burn::tensor::activation::softmax(s, 3)).matmul(v)
     } else {
         let opts = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
         burn::tensor::module::attention(q, k, v, None, None, opts)
     };
-    out.swap_dims(1, 2).reshape([b, n, inner])
-}
-
-fn causal_mask(n: usize, m: usize, device: &Device) -> Tensor<4> {
-    let mut v = vec![0f32; n * m];
-    for i in 0..n {
-        for j in (i + 1)..m {
-            v[i * m + j] = f32::NEG_INFINITY;
-        }
-    }
-    Tensor::<2>::from_data(burn::tensor::TensorData::new(v, [n, m]), device).reshape([1, 1, n, m])
+    blocked_attention::merge(out)
 }
 
 /// The same convolution through burn's `conv2d`: the reference the kernel is tested against.
