@@ -13,6 +13,12 @@ pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// glibc's malloc settings that the engines' processes inherit from this one (`GLIBC_TUNABLES`),
+/// for the engine line: PyTorch otherwise runs with malloc's defaults.
+pub fn malloc_settings() -> String {
+    std::env::var("GLIBC_TUNABLES").map_or(", default malloc".into(), |t| format!(", GLIBC_TUNABLES={t}"))
+}
+
 /// The 1-minute load average (`/proc/loadavg`).
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()

@@ -389,7 +389,7 @@ pub fn print_train_table(rows: &[TrainRow], settings: &TrainSettings, out: &mut 
     writeln!(out, "adapter, the optimizer, the authors' second UNet copy and the steps count; the loaded UNet itself does not.")?;
     writeln!(out, "catlora: {}, {} thread(s)", first.lora.engine, first.lora.threads)?;
     if let Some(t) = rows.iter().find_map(|r| r.torch_lora.as_ref()) {
-        writeln!(out, "torch:   {}, {} thread(s)", t.engine, t.threads)?;
+        writeln!(out, "torch:   {}, {} thread(s){}", t.engine, t.threads, super::machine::malloc_settings())?;
     }
     writeln!(out)?;
     let torch = rows.iter().any(|r| r.torch_lora.is_some());

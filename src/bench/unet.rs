@@ -55,7 +55,9 @@ pub fn engine_name(case: &BenchCase) -> String {
         Precision::Fp32 => "f32",
         p => p.name(),
     };
-    format!("catlora (burn 0.22.1, {}, {precision})", case.device)
+    // The LibTorch CPU device changes malloc's thresholds (crate::device); PyTorch runs as installed.
+    let malloc = if case.device == "libtorch" { ", malloc keeping freed memory" } else { "" };
+    format!("catlora (burn 0.22.1, {}, {precision}{malloc})", case.device)
 }
 
 /// The parameter count of a UNet.
@@ -187,7 +189,7 @@ pub fn print_table(rows: &[BenchRow], out: &mut dyn Write) -> Result<()> {
     writeln!(out, "UNet benchmark, f32; times are the median (and the fastest) of the timed runs after one warm-up.")?;
     writeln!(out, "catlora: {}, {} thread(s)", first.catlora.engine, first.catlora.threads)?;
     if let Some(t) = rows.iter().find_map(|r| r.torch.as_ref()) {
-        writeln!(out, "torch:   {}, {} thread(s)", t.engine, t.threads)?;
+        writeln!(out, "torch:   {}, {} thread(s){}", t.engine, t.threads, super::machine::malloc_settings())?;
     }
     writeln!(out, "forward: no graph; fwd+bwd: gradient of mean(UNet(x)^2) to the input latent only (weights frozen).")?;
     writeln!(out, "peak: RSS high-water mark (VmHWM) of the phase, in a fresh process per case and engine;")?;
