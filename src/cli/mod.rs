@@ -13,6 +13,7 @@ mod progress;
 mod score;
 mod toy;
 mod train;
+mod train_settings;
 
 /// Contrastive Adapter Training (CAT) LoRAs for Stable Diffusion 1.x/2.x, and the metrics that
 /// say how much of the base model's knowledge an adapter keeps.
