@@ -6,13 +6,8 @@
 //! development aid:
 //! `cargo run --release --features wgpu --example attention_memory -- wgpu fused [layers tokens]`.
 use burn::tensor::{Distribution, Tensor};
+use catlora::bench::machine::proc_status_mb;
 use catlora::kernels;
-
-fn status_mb(field: &str) -> f64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let line = text.lines().find(|l| l.starts_with(field)).unwrap_or("");
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let dev = catlora::device::parse(device)?;
     let x = Tensor::<3>::random([1, tokens, heads * d], Distribution::Normal(0.0, 1.0), &dev).autodiff().require_grad();
     let _ = x.clone().sum().into_scalar::<f32>();
-    let base = status_mb("VmRSS");
+    let base = proc_status_mb("VmRSS")?;
     let t = std::time::Instant::now();
     let mut y = x.clone();
     for _ in 0..layers {
@@ -39,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let g = x.grad(&grads).expect("the input's gradient").abs().sum().into_scalar::<f32>();
     println!(
         "{device} {mode}: {layers} layers of {tokens} tokens, peak {:.0} MiB above the inputs' {base:.0} MiB, {:.1} s, sum |dx| {g:.4e}",
-        status_mb("VmHWM") - base,
+        proc_status_mb("VmHWM")? - base,
         t.elapsed().as_secs_f64()
     );
     Ok(())

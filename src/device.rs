@@ -91,12 +91,18 @@ fn libtorch(spec: &str) -> Result<Device> {
     Ok(Device::libtorch_cuda(n))
 }
 
+/// Whether the device `spec` names has malloc keep freed memory ([`parse`] sets it up): LibTorch's
+/// CPU device.
+pub fn keeps_freed_memory(spec: &str) -> bool {
+    cfg!(feature = "libtorch") && spec == "libtorch"
+}
+
 /// Has glibc's malloc keep the memory that LibTorch's CPU tensors free for the next ones instead
 /// of handing each large block back to the kernel (by default, blocks above 128 kB to 32 MB are
 /// mapped and unmapped one by one, so every new activation is page-faulted and zeroed again): the
 /// reuse a caching allocator gives, and what PyTorch users get from jemalloc or tcmalloc. Measured
-/// on the SD 1.5 UNet at 256 px, 2 cores: forward 1670 -> 1245 ms, forward + backward 3330 ->
-/// 2670 ms, peak memory unchanged. flex showed no gain beyond the noise, so it is left as it is.
+/// on the SD 1.5 UNet at 256 px, 2 cores, alternate runs: forward 1745-1756 -> 1263-1495 ms,
+/// forward + backward 3436-3459 -> 2685-3028 ms, peak memory unchanged. flex showed no gain beyond the noise, so it is left as it is.
 #[cfg(feature = "libtorch")]
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

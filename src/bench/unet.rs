@@ -55,8 +55,7 @@ pub fn engine_name(case: &BenchCase) -> String {
         Precision::Fp32 => "f32",
         p => p.name(),
     };
-    // The LibTorch CPU device changes malloc's thresholds (crate::device); PyTorch runs as installed.
-    let malloc = if case.device == "libtorch" { ", malloc keeping freed memory" } else { "" };
+    let malloc = if crate::device::keeps_freed_memory(&case.device) { ", malloc keeping freed memory" } else { "" };
     format!("catlora (burn 0.22.1, {}, {precision}{malloc})", case.device)
 }
 
