@@ -369,7 +369,7 @@ fn kohya_folder_layout_caption_extension_and_adapter_metadata() {
     assert!(!out.exists(), "nothing written for a refused run");
     // Shuffled captions are encoded per step (the path text-encoder training takes).
     run.extend(["--caption-extension", ".caption", "--save-precision", "bf16", "--sample-every", "2", "--sample-prompts", &pf]);
-    run.extend(["--shuffle-caption", "--keep-tokens", "1"]);
+    run.extend(["--shuffle-caption", "--keep-tokens", "1", "--precision", "fp16"]);
     ok(&run);
     // 3x3 convolutions are named as such, not as layers that do not exist.
     fails(&[&run[..], &["--targets", "attn,conv1"]].concat(), &["conv1", "3x3 convolutions"]);
@@ -378,6 +378,7 @@ fn kohya_folder_layout_caption_extension_and_adapter_metadata() {
     for needle in ["sks square <lora:sq:1>", "Negative prompt: blurry", "Steps: 2,", "Sampler: Euler a", "CFG scale: 6.0", "Seed: 5,"] {
         assert!(p.contains(needle), "`{needle}` missing from {p}");
     }
+    assert!(p.ends_with(", Precision: fp16"), "a half-precision run's sample says so: {p}");
     let f = SafeTensorsFile::open(&out).unwrap();
     assert!(f.names().all(|n| matches!(f.info(n).unwrap().dtype, catlora::io::safetensors::Dtype::BF16)));
     let md = f.metadata();

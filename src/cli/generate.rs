@@ -2,7 +2,7 @@
 use anyhow::{Context, Result, bail};
 use catlora::adapters::{lora, lora_file};
 use catlora::io::image::tensor_to_rgb8;
-use catlora::pipeline::infotext::save_with_fields;
+use catlora::pipeline::infotext::save_with_infotext;
 use catlora::pipeline::model::{ModelConfigs, StableDiffusion};
 use catlora::pipeline::txt2img::{self, GenerateParams};
 use catlora::precision::Precision;
@@ -185,13 +185,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             }
         };
         let p = GenerateParams { seed, ..params.clone() };
-        // Another precision gives other pixels: the image says which it was made with.
-        let extra: Vec<(String, String)> =
-            if a.precision.is_half() { vec![("Precision".into(), a.precision.name().into())] } else { Vec::new() };
         let images = txt2img::generate(&sd, &p, latents, |_, _| progress.inc(1))?;
         for rgb in tensor_to_rgb8(images) {
             let path = a.out.join(format!("{seed}-{index}.png"));
-            save_with_fields(&path, &rgb, &p, &model_name, &loras, &extra)?;
+            save_with_infotext(&path, &rgb, &p, &model_name, &loras, a.precision)?;
             progress.message(&format!("wrote {}", path.display()));
             index += 1;
         }

@@ -128,9 +128,17 @@ impl ModelSet {
 /// Saves a generated image with its settings in AUTOMATIC1111's `parameters` text, as
 /// `catlora generate` does: `model` is the base model's name, `lora` the adapter in use (written
 /// as a `<lora:name:weight>` tag after the prompt).
-pub fn save_generated(path: &Path, rgb: &[u8], p: &GenerateParams, seed: u64, model: &str, lora: Option<(&str, f32)>) -> Result<()> {
+pub fn save_generated(
+    path: &Path,
+    rgb: &[u8],
+    p: &GenerateParams,
+    seed: u64,
+    model: &str,
+    lora: Option<(&str, f32)>,
+    precision: Precision,
+) -> Result<()> {
     let loras: Vec<(String, f32)> = lora.map(|(name, w)| (name.to_string(), w)).into_iter().collect();
-    save_with_infotext(path, rgb, &GenerateParams { seed, ..p.clone() }, model, &loras)
+    save_with_infotext(path, rgb, &GenerateParams { seed, ..p.clone() }, model, &loras, precision)
 }
 
 pub struct Generated {
@@ -232,7 +240,7 @@ fn generate_model(opts: &EvalOptions, set: &ModelSet, m: usize, label: &str, say
             let p = opts.params(text.clone());
             for (rgb, &seed) in generate_seeded(&set.sd, &p, &seeds)?.iter().zip(&seeds) {
                 let file = format!("images/{name}/{variant}/p{pi:02}-s{seed}.png");
-                save_generated(&opts.out.join(&file), rgb, &p, seed, &model_name, set.lora(m))?;
+                save_generated(&opts.out.join(&file), rgb, &p, seed, &model_name, set.lora(m), opts.precision)?;
                 images.push(ImageRecord {
                     model: name.clone(),
                     prompt_index: pi,

@@ -3,6 +3,7 @@
 //! catlora makes (generate, eval, the demo, training samples and class images).
 use super::txt2img::GenerateParams;
 use crate::io::image::save_png;
+use crate::precision::Precision;
 use anyhow::Result;
 use std::path::Path;
 
@@ -35,21 +36,19 @@ fn quote(v: &str) -> String {
     if v.contains([',', '\n', ':']) { serde_json::to_string(v).expect("a string serialises") } else { v.to_string() }
 }
 
-/// Saves a generated `p.width × p.height` RGB image with its [`infotext`].
-pub fn save_with_infotext(path: &Path, rgb: &[u8], p: &GenerateParams, model: &str, loras: &[(String, f32)]) -> Result<()> {
-    save_with_fields(path, rgb, p, model, loras, &[])
-}
-
-/// [`save_with_infotext`] with catlora's own fields after A1111's (e.g. `Precision: fp16`).
-pub fn save_with_fields(
+/// Saves a generated `p.width × p.height` RGB image with its [`infotext`]. A half `precision`
+/// is written as catlora's own field after A1111's (`Precision: fp16`): another precision gives
+/// other pixels, so the image says which it was made with.
+pub fn save_with_infotext(
     path: &Path,
     rgb: &[u8],
     p: &GenerateParams,
     model: &str,
     loras: &[(String, f32)],
-    extra: &[(String, String)],
+    precision: Precision,
 ) -> Result<()> {
-    save_png(path, rgb, p.width as u32, p.height as u32, &[("parameters", &infotext(p, model, loras, extra))])
+    let extra: Vec<(String, String)> = if precision.is_half() { vec![("Precision".into(), precision.name().into())] } else { Vec::new() };
+    save_png(path, rgb, p.width as u32, p.height as u32, &[("parameters", &infotext(p, model, loras, &extra))])
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ fn class_examples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, pro
                             ..Default::default()
                         };
                         let img = generate(sd, &p, seeded_latents(sd, &p, p.seed), |_, _| {})?;
-                        save_with_infotext(&file, &tensor_to_rgb8(img)[0], &p, &folder_name(&cfg.model), &[])?;
+                        save_with_infotext(&file, &tensor_to_rgb8(img)[0], &p, &folder_name(&cfg.model), &[], cfg.precision)?;
                     }
                     imgs.push(load_rgb(&file)?);
                 }
@@ -563,7 +563,7 @@ fn write_samples(sd: &StableDiffusion, cfg: &TrainConfig, paths: &RunPaths, step
             let q = GenerateParams { prompt: text, ..p.clone() };
             let img = generate(sd, &q, seeded_latents(sd, &q, q.seed), |_, _| {})?;
             let file = paths.samples.join(format!("step-{step:06}-{k}-{tag}.png"));
-            save_with_infotext(&file, &tensor_to_rgb8(img)[0], &q, &model, &adapter)?;
+            save_with_infotext(&file, &tensor_to_rgb8(img)[0], &q, &model, &adapter, cfg.precision)?;
         }
     }
     Ok(())
