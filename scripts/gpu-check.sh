@@ -23,11 +23,12 @@
 #   first, then /usr/share/vulkan/icd.d and /etc/vulkan/icd.d), passed as VK_DRIVER_FILES.
 # - Float32 everywhere: NVIDIA_TF32_OVERRIDE=0 (catlora's default too), so that PyTorch's side of
 #   the benchmark computes in the same precision as catlora's.
-# Steps, in order of value, each bounded so that the whole run ends within SECONDS (default 480):
-# the conformance tests on libtorch-cuda (float32, then fp16 and bf16), the SD 1.5 training
-# benchmark at 512 px on libtorch-cuda next to PyTorch + diffusers on the same card (LoRA, CAT and
-# batched CAT steps; float32, fp16, bf16) and the UNet passes, the conformance tests on Vulkan,
-# the CLI (generate, CAT training) on both devices, and the fp16 UNet passes on Vulkan. Writes OUT/gpu-check.json (everything) and
+# Steps, each bounded so that the whole run ends within SECONDS (default 480): the conformance
+# tests on both devices (float32, then fp16 and bf16 where the device has them), the CLI
+# (generate, CAT training) on both devices, each command twice in fresh processes with the bytes
+# compared, then SD 1.5 at 512 px next to PyTorch + diffusers on the same card: the UNet passes and
+# the training steps (LoRA, CAT, batched CAT) on Vulkan in float32 and on libtorch-cuda in bf16,
+# float32 and fp16, and the fp16 UNet passes on Vulkan. Writes OUT/gpu-check.json (everything) and
 # OUT/logs.tar.gz (each step's whole log).
 set -uo pipefail
 bundle="$(cd "${1:?usage: gpu-check.sh BUNDLE OUT [SECONDS]}" && pwd)"
@@ -107,31 +108,48 @@ data="$(mktemp -d)"
 cp "$fx"/ddim_image.png "$fx"/ddim_lora_image.png "$data/"
 py="$(command -v python3)"
 work="$(mktemp -d)"
-# The CLI steps as commands (timeout runs commands, not shell functions); $1 is the device.
-printf '#!/usr/bin/env bash\nexec "%s" generate --model "%s" --prompt "a photo of a teapot" --steps 10 --seed 1 --out "%s/gen-$1" --device "$1" "${@:2}"\n' \
+# The CLI steps as commands (timeout runs commands, not shell functions): DEVICE TAG [OPTIONS].
+printf '#!/usr/bin/env bash\nexec "%s" generate --model "%s" --prompt "a photo of a teapot" --steps 10 --seed 1 --out "%s/gen-$1$2" --device "$1" "${@:3}"\n' \
     "$bin/catlora" "$fx/tiny-sd" "$work" >"$bin/gen"
-printf '#!/usr/bin/env bash\nexec "%s" train --model "%s" --data "%s" --trigger sks --class teapot --method cat --steps 3 --resolution 64 --out "%s/cat-$1${3:-}.safetensors" --device "$1" "${@:2}"\n' \
+printf '#!/usr/bin/env bash\nexec "%s" train --model "%s" --data "%s" --trigger sks --class teapot --method cat --steps 3 --resolution 64 --seed 1 --out "%s/cat-$1$2.safetensors" --device "$1" "${@:3}"\n' \
     "$bin/catlora" "$fx/tiny-sd" "$data" "$work" >"$bin/train"
 chmod +x "$bin/gen" "$bin/train"
-
 b="$bin/catlora"
 [ -x "$bin/devices" ] && step tests-libtorch-cuda 60 env CATLORA_TEST_DEVICES=libtorch-cuda "$bin/devices" --test-threads 1 --nocapture
 step tests-precision-libtorch-cuda 40 env CATLORA_TEST_DEVICE=libtorch-cuda "$bin/precision" --test-threads 1 --nocapture
+step tests-precision-vulkan 150 env CATLORA_TEST_DEVICE=vulkan "$bin/precision" --test-threads 1 --nocapture
+[ -x "$bin/devices" ] && step tests-vulkan 60 env CATLORA_TEST_DEVICES=vulkan "$bin/devices" --test-threads 1 --nocapture
+# The CLI on both devices, each command twice in fresh processes (compared below).
+for d in vulkan libtorch-cuda; do
+    step "generate-$d" 30 "$bin/gen" "$d" ""
+    step "generate-$d-again" 30 "$bin/gen" "$d" -again
+    step "train-$d" 30 "$bin/train" "$d" ""
+    step "train-$d-again" 30 "$bin/train" "$d" -again
+done
+step train-libtorch-cuda-fp16 20 "$bin/train" libtorch-cuda -fp16 --precision fp16
+# SD 1.5 at 512 px next to PyTorch + diffusers on the same card.
+step bench-unet-vulkan 90 "$b" bench --sd15 --pixels 512 --iters 5 --device vulkan --torch "$py"
+step bench-train-vulkan 150 "$b" bench --train --sd15 --pixels 512 --iters 3 --device vulkan --torch "$py"
+step bench-train-libtorch-cuda-bf16 180 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision bf16 --torch "$py"
 step bench-train-libtorch-cuda 150 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
 step bench-train-libtorch-cuda-fp16 180 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision fp16 --torch "$py"
-step bench-unet-libtorch-cuda-fp16 60 "$b" bench --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision fp16 --torch "$py"
-[ -x "$bin/devices" ] && step tests-vulkan 60 env CATLORA_TEST_DEVICES=vulkan "$bin/devices" --test-threads 1 --nocapture
-step tests-precision-vulkan 40 env CATLORA_TEST_DEVICE=vulkan "$bin/precision" --test-threads 1 --nocapture
-step generate-libtorch-cuda 20 "$bin/gen" libtorch-cuda
-step train-libtorch-cuda 20 "$bin/train" libtorch-cuda
-step train-libtorch-cuda-fp16 20 "$bin/train" libtorch-cuda --precision fp16
-step bench-train-libtorch-cuda-bf16 180 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision bf16 --torch "$py"
 step bench-unet-libtorch-cuda 60 "$b" bench --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
-step generate-vulkan 30 "$bin/gen" vulkan
-step train-vulkan 30 "$bin/train" vulkan
+step bench-unet-libtorch-cuda-fp16 60 "$b" bench --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision fp16 --torch "$py"
 step bench-unet-vulkan-fp16 60 "$b" bench --sd15 --pixels 512 --iters 3 --device vulkan --precision fp16
 kill "$smi" 2>/dev/null
-cmp -s "$work/gen-libtorch-cuda/1-0.png" "$work/gen-vulkan/1-0.png" && echo "generate: the two devices wrote the same bytes"
+
+# Same bytes: each command against its second run, and the two devices' images.
+same_bytes() {
+    [ -f "$2" ] && [ -f "$3" ] || return 0
+    local r=differ
+    cmp -s "$2" "$3" && r=same
+    printf '%s\t%s\n' "$1" "$r" | tee -a "$out/same-bytes.tsv"
+}
+for d in vulkan libtorch-cuda; do
+    same_bytes "generate-$d twice" "$work/gen-$d/1-0.png" "$work/gen-$d-again/1-0.png"
+    same_bytes "train-$d twice" "$work/cat-$d.safetensors" "$work/cat-$d-again.safetensors"
+done
+same_bytes "generate vulkan / libtorch-cuda" "$work/gen-vulkan/1-0.png" "$work/gen-libtorch-cuda/1-0.png"
 
 # One JSON: the card, the steps (exit code, seconds, log tail) and the peak GPU memory per process.
 python3 - "$out" "$dest" <<'EOF'
@@ -149,8 +167,10 @@ for row in csv.reader(open(os.path.join(out, "gpu-mem.csv"))):
         pid, name, mb = row[0].strip(), row[1].strip(), int(row[2])
         first = peaks.setdefault(pid, {"pid": pid, "process": name, "peak_mib": 0, "order": len(peaks)})
         first["peak_mib"] = max(first["peak_mib"], mb)
+same = os.path.join(out, "same-bytes.tsv")
 json.dump({
     "gpu": open(os.path.join(out, "gpu.txt")).read().strip(),
+    "same_bytes": dict(l.rstrip("\n").split("\t") for l in open(same)) if os.path.exists(same) else {},
     "torch": open(os.path.join(out, "torch.txt")).read().strip(),
     "steps": steps,
     "gpu_memory_per_process": sorted(peaks.values(), key=lambda p: p["order"]),

@@ -180,7 +180,10 @@ impl AttentionBackward for LibTorch {
 /// The CUDA backward of the memory-efficient kernel, as PyTorch's own
 /// `_scaled_dot_product_efficient_attention_backward` calls it: tensors as `[B, N, heads, D]`
 /// (a reshape of catlora's `[B, N, heads·D]`), no dropout (so the random-number state the forward
-/// returned is not read), causal masking from the top left.
+/// returned is not read), causal masking from the top left. The keys stay in one split, as in
+/// PyTorch's deterministic mode: by default the kernel may split them and add the splits' query
+/// gradients with atomics, in whatever order the splits finish, so the same step could give other
+/// bits from run to run.
 #[allow(clippy::too_many_arguments)]
 fn efficient_attention_backward(
     q: &Tensor,
@@ -219,7 +222,7 @@ fn efficient_attention_backward(
         causal as i64,
         false,
         scale(q, heads),
-        None::<i64>,
+        Some(1),
         None::<i64>,
         false,
     );

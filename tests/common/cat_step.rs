@@ -20,7 +20,8 @@ pub fn read_lora(unet: &mut UNet, rel: &str) -> LoraFile {
 
 /// One CAT step from a fixture: the LoRA `lora` (PEFT file) on the UNet of `model`, the reference
 /// tensors `cat_*` of `refs` (the target is ε, or the velocity for a v-prediction model) and the
-/// gradient of every LoRA tensor in `grads`.
+/// gradient of every LoRA tensor in `grads`, with the passes one by one and as one batch; the
+/// batched step runs twice and must repeat its gradients bit for bit.
 ///
 /// `preserve` names the preservation target that carries the trigger-less captions: every target
 /// runs the same term with its own captions, so each is checked against peft's CAT term.
@@ -92,21 +93,33 @@ pub fn check_cat_step_at(
     let lambda = r.f32("cat_lambda").unwrap().1[0] as f64;
     // The passes one by one and as one batch: both against the same references.
     for batch_passes in [false, true] {
-        let leaves =
-            params.install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
-        let inputs = StepInputs {
-            zt: tensor(&r, "cat_zt", dev),
-            timesteps: vec![t[0] as f64],
-            target: tensor(&r, target, dev),
-            cond_trigger: &ct,
-            preserve: vec![PreserveTerm { target: preserve, cond: &cp, weight: lambda }],
-            dco_beta: None,
-            sample_weights: None,
-            prior: None,
-            batch_passes,
-            loss_scale,
+        let mut step = || {
+            let leaves = params
+                .install(&mut AdapterParams { targets: &mut Targets { unet: &mut unet, text_encoder: None }, adapter: &adapter }, true);
+            let inputs = StepInputs {
+                zt: tensor(&r, "cat_zt", dev),
+                timesteps: vec![t[0] as f64],
+                target: tensor(&r, target, dev),
+                cond_trigger: &ct,
+                preserve: vec![PreserveTerm { target: preserve, cond: &cp, weight: lambda }],
+                dco_beta: None,
+                sample_weights: None,
+                prior: None,
+                batch_passes,
+                loss_scale,
+            };
+            cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs).unwrap()
         };
-        let (terms, grads) = cat_gradients(&unet, &adapter.gate, &params, &leaves, &inputs).unwrap();
+        let (terms, grads) = step();
+        // The default mode's step again gives the same bits (a kernel adding partial sums with
+        // atomics, in the order its threads finish, would not).
+        if batch_passes {
+            let (_, again) = step();
+            for ((name, a), b) in params.names.iter().zip(&grads).zip(&again) {
+                let bits = |t| host(t).iter().map(|v: &f32| v.to_bits()).collect::<Vec<_>>();
+                assert!(bits(a) == bits(b), "{model} {precision:?} {name}: a second step gave other bits");
+            }
+        }
         // The term's value, under the name of whichever target carried the trigger-less captions.
         let mut terms = terms;
         terms.cat = *terms.preserve_mut(preserve);
