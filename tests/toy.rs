@@ -199,6 +199,12 @@ fn pretrain_writes_loadable_folders_deterministically() {
         let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
         assert!(x == y, "{f} differs between two runs with the same seed");
     }
+    // pretrain.json records the options that shape the weights, under the committed file's keys.
+    let options = |dir: &std::path::Path| {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("pretrain.json")).unwrap()).unwrap();
+        v["options"].as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(options(&a), options(&pretrain::default_assets_dir()));
     let dev = device();
     let sd = StableDiffusion::load(&a.join("sd"), &dev).unwrap();
     let imgs = eval::generate_images(&sd, "a red circle", 2, SampleSettings { steps: 2, ..Default::default() }, 0).unwrap();

@@ -55,23 +55,14 @@ pub struct PretrainReport {
     pub seed: u64,
     /// Stages taken from an earlier run (`reuse_clip`, `reuse_vae`) rather than trained here.
     pub reused: Vec<String>,
-    pub options: Option<PretrainOptionsRecord>,
+    /// The options that shape the weights (not the seed, given above, nor where output goes).
+    pub options: Option<PretrainOptions>,
     pub seconds: BTreeMap<String, f64>,
     pub final_loss: BTreeMap<String, f64>,
     pub parameters: BTreeMap<String, usize>,
     pub vae_scaling_factor: f64,
     pub vae_reconstruction_mae: BTreeMap<String, f64>,
     pub evaluation: Option<Value>,
-}
-
-#[derive(Serialize)]
-pub struct PretrainOptionsRecord {
-    pub clip: StageOptions,
-    pub vae: StageOptions,
-    pub unet: StageOptions,
-    pub unet_pool: usize,
-    pub ema_decay: f64,
-    pub vae_kl: f64,
 }
 
 /// Trains every toy base model from seeded random weights and writes `out_dir/sd` (a diffusers
@@ -83,18 +74,7 @@ pub fn pretrain(out_dir: &Path, opts: &PretrainOptions) -> Result<PretrainReport
     let tok_dir = tokenizer_source(opts)?;
     let tok = ClipTokenizer::from_dir(&tok_dir)?;
     let (sd_dir, clip_dir) = (out_dir.join("sd"), out_dir.join("clip"));
-    let mut report = PretrainReport {
-        seed: opts.seed,
-        options: Some(PretrainOptionsRecord {
-            clip: opts.clip,
-            vae: opts.vae,
-            unet: opts.unet,
-            unet_pool: opts.unet_pool,
-            ema_decay: opts.ema_decay,
-            vae_kl: opts.vae_kl,
-        }),
-        ..Default::default()
-    };
+    let mut report = PretrainReport { seed: opts.seed, options: Some(opts.clone()), ..Default::default() };
 
     // 1. CLIP.
     let t = Instant::now();

@@ -22,8 +22,10 @@ pub struct StageOptions {
     pub lr: f64,
 }
 
+/// A pretraining run's settings; `pretrain.json` records those that shape the weights.
 #[derive(Clone, Debug, Serialize)]
 pub struct PretrainOptions {
+    #[serde(skip)]
     pub seed: u64,
     pub clip: StageOptions,
     pub vae: StageOptions,
@@ -51,11 +53,14 @@ pub struct PretrainOptions {
     pub reuse_vae: Option<PathBuf>,
     /// Every this many UNet steps, write the moving-average UNet to `snapshots/unet-<step>/`
     /// (0: never).
+    #[serde(skip)]
     pub snapshot_every: usize,
     /// Check prompt following and CLIP retrieval on the saved folders and put the numbers in
     /// `pretrain.json`.
+    #[serde(skip)]
     pub evaluate: bool,
     /// Progress lines on stderr.
+    #[serde(skip)]
     pub verbose: bool,
 }
 
