@@ -28,8 +28,9 @@
 # (generate, CAT training) on both devices, each command twice in fresh processes with the bytes
 # compared, then SD 1.5 at 512 px next to PyTorch + diffusers on the same card: the UNet passes and
 # the training steps (LoRA, CAT, batched CAT) on Vulkan in float32 and on libtorch-cuda in bf16,
-# float32 and fp16, and the fp16 UNet passes on Vulkan. Writes OUT/gpu-check.json (everything) and
-# OUT/logs.tar.gz (each step's whole log).
+# float32 and fp16, and the fp16 UNet passes on Vulkan; the Vulkan UNet passes also run once under
+# CubeCL's profiler, and the JSON sums their GPU time per kernel kind (where Vulkan loses to
+# PyTorch). Writes OUT/gpu-check.json (everything) and OUT/logs.tar.gz (each step's whole log).
 set -uo pipefail
 bundle="$(cd "${1:?usage: gpu-check.sh BUNDLE OUT [SECONDS]}" && pwd)"
 dest="$(mkdir -p "${2:?usage: gpu-check.sh BUNDLE OUT [SECONDS]}" && cd "$2" && pwd)"
@@ -114,6 +115,12 @@ printf '#!/usr/bin/env bash\nexec "%s" generate --model "%s" --prompt "a photo o
 printf '#!/usr/bin/env bash\nexec "%s" train --model "%s" --data "%s" --trigger sks --class teapot --method cat --steps 3 --resolution 64 --seed 1 --out "%s/cat-$1$2.safetensors" --device "$1" "${@:3}"\n' \
     "$bin/catlora" "$fx/tiny-sd" "$data" "$work" >"$bin/train"
 chmod +x "$bin/gen" "$bin/train"
+# The Vulkan UNet passes with CubeCL's profiler on: every kernel is timed on its own (a sync after
+# each) and logged to stderr as `| <time> | <kernel>`; cubecl.toml is read from the working folder.
+prof="$(mktemp -d)"
+printf '[profiling.logger]\nlevel = "basic"\nstderr = true\n' >"$prof/cubecl.toml"
+printf '#!/usr/bin/env bash\ncd "%s" && exec "%s" bench --sd15 --pixels 512 --iters 1 --device vulkan\n' "$prof" "$bin/catlora" >"$bin/profile"
+chmod +x "$bin/profile"
 b="$bin/catlora"
 [ -x "$bin/devices" ] && step tests-libtorch-cuda 60 env CATLORA_TEST_DEVICES=libtorch-cuda "$bin/devices" --test-threads 1 --nocapture
 step tests-precision-libtorch-cuda 40 env CATLORA_TEST_DEVICE=libtorch-cuda "$bin/precision" --test-threads 1 --nocapture
@@ -129,6 +136,7 @@ done
 step train-libtorch-cuda-fp16 20 "$bin/train" libtorch-cuda -fp16 --precision fp16
 # SD 1.5 at 512 px next to PyTorch + diffusers on the same card.
 step bench-unet-vulkan 90 "$b" bench --sd15 --pixels 512 --iters 5 --device vulkan --torch "$py"
+step profile-unet-vulkan 60 "$bin/profile"
 step bench-train-vulkan 150 "$b" bench --train --sd15 --pixels 512 --iters 3 --device vulkan --torch "$py"
 step bench-train-libtorch-cuda-bf16 180 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --precision bf16 --torch "$py"
 step bench-train-libtorch-cuda 150 "$b" bench --train --sd15 --pixels 512 --iters 5 --device libtorch-cuda --torch "$py"
@@ -153,7 +161,7 @@ same_bytes "generate vulkan / libtorch-cuda" "$work/gen-vulkan/1-0.png" "$work/g
 
 # One JSON: the card, the steps (exit code, seconds, log tail) and the peak GPU memory per process.
 python3 - "$out" "$dest" <<'EOF'
-import csv, json, os, sys
+import csv, json, os, re, sys
 out = sys.argv[1]
 steps = []
 for line in open(os.path.join(out, "steps.tsv")):
@@ -168,9 +176,26 @@ for row in csv.reader(open(os.path.join(out, "gpu-mem.csv"))):
         first = peaks.setdefault(pid, {"pid": pid, "process": name, "peak_mib": 0, "order": len(peaks)})
         first["peak_mib"] = max(first["peak_mib"], mb)
 same = os.path.join(out, "same-bytes.tsv")
+# The profiled Vulkan passes: GPU time per kernel kind (the name without its hash), largest first.
+units = {"ns": 1e-6, "µs": 1e-3, "ms": 1.0, "s": 1e3}
+kinds = {}
+prof_log = os.path.join(out, "profile-unet-vulkan.log")
+for line in open(prof_log, errors="replace") if os.path.exists(prof_log) else []:
+    m = re.match(r"\|\s*([\d.]+)(ns|µs|ms|s)\s*\|\s*(.*?)\s*$", line)
+    if m:
+        name = "Matmul" if m.group(3).startswith("MatmulEntry") else re.sub(r"_[0-9a-f]{8}$", "", m.group(3))
+        k = kinds.setdefault(name, {"kernel": name, "ms": 0.0, "launches": 0})
+        k["ms"] += float(m.group(1)) * units[m.group(2)]
+        k["launches"] += 1
+total = sum(k["ms"] for k in kinds.values()) or 1.0
+profile = sorted(kinds.values(), key=lambda k: -k["ms"])[:25]
+for k in profile:
+    k["share"] = round(k["ms"] / total, 4)
+    k["ms"] = round(k["ms"], 2)
 json.dump({
     "gpu": open(os.path.join(out, "gpu.txt")).read().strip(),
     "same_bytes": dict(l.rstrip("\n").split("\t") for l in open(same)) if os.path.exists(same) else {},
+    "vulkan_kernel_profile": profile,
     "torch": open(os.path.join(out, "torch.txt")).read().strip(),
     "steps": steps,
     "gpu_memory_per_process": sorted(peaks.values(), key=lambda p: p["order"]),
