@@ -88,7 +88,41 @@ fn libtorch(spec: &str) -> Result<Device> {
     if n >= available {
         bail!("device `{spec}`: this machine's libtorch sees {available} CUDA device(s)");
     }
+    deterministic_cudnn();
     Ok(Device::libtorch_cuda(n))
+}
+
+/// libtorch's global context, through the C++ symbols it exports (tch has no call for these).
+#[cfg(feature = "libtorch")]
+mod torch_context {
+    use std::ffi::c_void;
+    unsafe extern "C" {
+        #[link_name = "_ZN2at13globalContextEv"]
+        pub fn global() -> *mut c_void;
+        #[link_name = "_ZN2at7Context21setDeterministicCuDNNEb"]
+        pub fn set_deterministic_cudnn(context: *mut c_void, on: bool);
+        #[link_name = "_ZNK2at7Context18deterministicCuDNNEv"]
+        pub fn deterministic_cudnn(context: *const c_void) -> bool;
+    }
+}
+
+/// Has cuDNN choose only deterministic convolution algorithms, as PyTorch's
+/// `torch.backends.cudnn.deterministic = True`: otherwise its heuristics may pick a backward
+/// algorithm that adds partial sums with atomics, and the same training step then gives other
+/// bits from run to run.
+#[cfg(feature = "libtorch")]
+fn deterministic_cudnn() {
+    // SAFETY: `at::globalContext()` returns the process's one context, alive for the whole run;
+    // `Context::setDeterministicCuDNN(bool)` is a non-virtual member that stores a flag, called
+    // with the context as its `this` argument (the Itanium C++ ABI of x86-64 and aarch64 Linux).
+    unsafe { torch_context::set_deterministic_cudnn(torch_context::global(), true) }
+}
+
+/// Whether libtorch's cuDNN takes deterministic algorithms only (see [`parse`]'s CUDA devices).
+#[cfg(feature = "libtorch")]
+pub fn cudnn_is_deterministic() -> bool {
+    // SAFETY: as in `deterministic_cudnn`; the getter only reads the flag.
+    unsafe { torch_context::deterministic_cudnn(torch_context::global()) }
 }
 
 /// Whether the device `spec` names has malloc keep freed memory ([`parse`] sets it up): LibTorch's
@@ -148,6 +182,15 @@ pub fn set_threads(device: &str, threads: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flag that `libtorch-cuda` devices set, set and read back through the same symbols (on
+    /// a machine without CUDA too: the flag lives in libtorch's CPU library).
+    #[cfg(feature = "libtorch")]
+    #[test]
+    fn cudnn_determinism_is_set_through_libtorch_context() {
+        deterministic_cudnn();
+        assert!(cudnn_is_deterministic());
+    }
 
     #[test]
     fn names_and_indices() {
