@@ -188,6 +188,7 @@ mod tests {
     #[cfg(feature = "libtorch")]
     #[test]
     fn cudnn_determinism_is_set_through_libtorch_context() {
+        assert!(!cudnn_is_deterministic(), "libtorch's default is off");
         deterministic_cudnn();
         assert!(cudnn_is_deterministic());
     }
