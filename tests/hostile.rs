@@ -278,6 +278,11 @@ fn failures_come_before_the_work() {
     ];
     let status = Command::new(EXE).args(same).status().unwrap();
     assert!(status.success(), "a trailing slash counted as another data folder");
+    // Seeds that run out after the first image: refused before any image is written.
+    let out = root.path().join("seeds");
+    let args = [&generate_args(&m, out.to_str().unwrap())[..], &["--seed", "18446744073709551615", "--num-images", "2"]].concat();
+    refused(&args, 1, &["--seed 18446744073709551615", "overflows"]);
+    assert!(std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_none()), "a partial output was written");
     // A bad flag is clap's exit 2.
     refused(&["generate", "--width", "wide"], 2, &["--width"]);
 }

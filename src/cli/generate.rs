@@ -120,6 +120,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.clip_skip == 0 {
         bail!("--clip-skip must be at least 1 (1 = the last layer)");
     }
+    // Every image's seed exists before the first image is written (no partial output).
+    let last = a.num_images.unwrap_or(1) as u64 - 1;
+    if a.init_latents.is_none() && a.seed.checked_add(last).is_none() {
+        bail!("--seed {} + --num-images {}: the last image's seed overflows u64 (at most {})", a.seed, last + 1, u64::MAX - last);
+    }
     let device = catlora::device::parse(&a.device)?;
     // Sizes and memory are checked from the configs, before any weight is loaded.
     let configs = ModelConfigs::read(&a.model)?;
@@ -180,7 +185,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         let (seed, latents) = match init {
             Some((path, _)) => (a.seed, txt2img::read_latents(&sd, path, &params)?),
             None => {
-                let seed = a.seed.checked_add(i as u64).context("--seed + image index overflows u64")?;
+                let seed = a.seed + i as u64;
                 (seed, txt2img::seeded_latents(&sd, &params, seed))
             }
         };
