@@ -2,8 +2,18 @@
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 
+/// The names `--device` accepts.
+macro_rules! device_names {
+    () => {
+        "`cpu`, `vulkan[:N]` (build feature `vulkan`), `wgpu[:N]` (build feature `wgpu`), `libtorch` or `libtorch-cuda[:N]` (build feature `libtorch`)"
+    };
+}
+
 /// The names `--device` accepts, for messages.
-pub const DEVICE_NAMES: &str = "`cpu`, `vulkan[:N]` (build feature `vulkan`), `wgpu[:N]` (build feature `wgpu`), `libtorch` or `libtorch-cuda[:N]` (build feature `libtorch`)";
+pub const DEVICE_NAMES: &str = device_names!();
+
+/// Every command's `--device` help.
+pub const DEVICE_HELP: &str = concat!("Where the tensors run: ", device_names!(), " [default: cpu]");
 
 /// Parses `cpu` / `flex` (the default build's CPU backend), `vulkan[:N]` (with the `vulkan`
 /// cargo feature), `libtorch` (PyTorch's CPU kernels) or `libtorch-cuda[:N]` (with the

@@ -24,7 +24,8 @@ pub fn check_image_header(path: &Path) -> Result<(u32, u32)> {
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?
         .into_dimensions()
-        .with_context(|| format!("cannot read the size of image {}", path.display()))?;
+        // The image crate's decoding errors repeat their cause in their own message.
+        .map_err(|e| anyhow::anyhow!("cannot read the size of image {}: {e}", path.display()))?;
     check_image_size(w, h).with_context(|| format!("image {}", path.display()))?;
     Ok((w, h))
 }

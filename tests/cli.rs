@@ -107,6 +107,19 @@ fn generate_writes_one_png_with_parameters_and_is_deterministic() {
 }
 
 #[test]
+fn a_prompt_longer_than_the_text_encoder_reads_is_warned() {
+    let out = scratch("long-prompt");
+    let (m, o) = (model(), out.display().to_string());
+    let long = vec!["cat"; 80].join(" ");
+    let args = ["generate", "--model", &m, "--prompt", &long, "--width", "64", "--height", "64", "--steps", "1", "--out", &o];
+    let run = catlora(&args);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let warning = "warning: the prompt has 80 tokens; the text encoder reads 75 of them and drops the last 5";
+    assert!(text(&run.stderr).contains(warning), "{}", text(&run.stderr));
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
 fn generate_in_half_precision_says_so_and_stays_close_to_float32() {
     let (a, h) = (scratch("gen-f32"), scratch("gen-f16"));
     generate(&a, &["--seed", "5"]);

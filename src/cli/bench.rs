@@ -39,8 +39,7 @@ pub struct BenchArgs {
     /// Compute threads for both engines [default: every CPU this process may use].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// The device catlora's cases run on (`cpu`, `libtorch`, `libtorch-cuda[:N]`, `vulkan[:N]`).
-    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", hide_default_value = true, help = catlora::device::DEVICE_HELP)]
     pub device: String,
     /// The UNet's precision on both engines: fp32, or fp16 / bf16 mixed precision (PyTorch under
     /// autocast, fp16 training with GradScaler; catlora as `train --precision`).

@@ -43,8 +43,7 @@ pub struct DemoArgs {
     /// Guidance of the second evaluation (0 skips it) [default: 3].
     #[arg(long, value_name = "G")]
     pub guided_cfg: Option<f64>,
-    /// `cpu` or `vulkan[:N]`.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", hide_default_value = true, help = catlora::device::DEVICE_HELP)]
     pub device: String,
     /// Preservation terms on every K-th step only, weighted K times (the expected gradient is
     /// unchanged) [default: 1, every step].

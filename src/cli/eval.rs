@@ -56,8 +56,7 @@ pub struct EvalArgs {
     /// Image side in pixels.
     #[arg(long, default_value_t = 512)]
     pub resolution: usize,
-    /// `cpu` or `vulkan[:N]`.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", hide_default_value = true, help = catlora::device::DEVICE_HELP)]
     pub device: String,
     /// The generating models' precision: fp32, fp16 or bf16 (the CLIP model that scores stays
     /// float32).

@@ -64,8 +64,7 @@ pub struct GenerateArgs {
     /// Use the output of the N-th last text-encoder layer (A1111's "Clip skip").
     #[arg(long, default_value_t = 1)]
     pub clip_skip: usize,
-    /// `cpu` or `vulkan[:N]` (with a build that has the `vulkan` feature).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", hide_default_value = true, help = catlora::device::DEVICE_HELP)]
     pub device: String,
     /// The models' precision: fp32, or fp16 / bf16 (weights and activations in half precision,
     /// LoRA branches and normalisation statistics in float32).

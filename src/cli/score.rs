@@ -29,8 +29,7 @@ pub struct ScoreArgs {
     /// Folder of the base model's images for the same prompts and seeds, named as in --images.
     #[arg(long, value_name = "DIR")]
     pub base_images: Option<PathBuf>,
-    /// `cpu` or `vulkan[:N]`.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", hide_default_value = true, help = catlora::device::DEVICE_HELP)]
     pub device: String,
 }
 

@@ -225,8 +225,7 @@ pub struct TrainArgs {
     /// TOML file of settings; options given on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// `cpu` or `vulkan[:N]` [default: cpu].
-    #[arg(long, value_name = "DEVICE")]
+    #[arg(long, value_name = "DEVICE", help = catlora::device::DEVICE_HELP)]
     pub device: Option<String>,
     /// The LoRA file to write (.safetensors).
     #[arg(long, value_name = "FILE")]

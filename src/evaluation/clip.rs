@@ -156,9 +156,19 @@ impl ClipModel {
         self.towers.vision.config.image_size
     }
 
+    /// The tokens the text tower reads, BOS and EOS included.
+    fn max_len(&self) -> usize {
+        self.tokenizer.max_len().min(self.towers.text.config.max_position_embeddings)
+    }
+
+    /// What the text tower leaves out of `text`, as [`ClipTokenizer::truncation`] says it.
+    pub fn truncation(&self, text: &str) -> Option<String> {
+        self.tokenizer.truncation(text, self.max_len())
+    }
+
     /// One unit-length embedding per text, in order.
     pub fn embed_texts(&self, texts: &[&str]) -> Vec<Vec<f32>> {
-        let max_len = self.tokenizer.max_len().min(self.towers.text.config.max_position_embeddings);
+        let max_len = self.max_len();
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(self.batch_size.max(1)) {
             let mut ids: Vec<Vec<u32>> = chunk.iter().map(|t| self.tokenizer.encode_padded(t, max_len)).collect();

@@ -17,6 +17,7 @@ use crate::pipeline::txt2img::{GenerateParams, generate_seeded};
 use crate::precision::Precision;
 use crate::schedulers::SamplerKind;
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -182,6 +183,14 @@ pub fn evaluate_all(runs: &[EvalOptions], workers: usize, mut progress: impl FnM
     // Loaded before the long generation so that a bad CLIP folder fails at once.
     let clip = ClipModel::load(&first.clip, &device)?;
     let names = set.names.clone();
+    // Prompts too long for either text encoder are said once, before the work.
+    let prompts: BTreeSet<String> = runs.iter().flat_map(trigger_prompts).collect();
+    set.sd.warn_if_truncated(&prompts.iter().map(String::as_str).collect::<Vec<_>>());
+    let scored: BTreeSet<String> =
+        runs.iter().flat_map(|o| trigger_prompts(o).into_iter().map(|p| remove_trigger(&p, &o.trigger))).collect();
+    for m in scored.iter().filter_map(|p| clip.truncation(p)) {
+        eprintln!("warning: CLIP: {m}");
+    }
 
     // The costliest first, for a balanced finish: guidance doubles the UNet's batch.
     let mut jobs: Vec<(usize, usize)> = (0..runs.len()).flat_map(|r| (0..names.len()).map(move |m| (r, m))).collect();

@@ -68,8 +68,10 @@ pub fn score(clip: &ClipModel, opts: &ScoreOptions) -> Result<Value> {
         _ => Some(metrics::diversity(&images).with_context(|| format!("diversity of {}", opts.images.display()))?),
     };
     let mut out = Map::new();
+    let mut notes = Vec::new();
     out.insert("n_images".into(), json!(files.len()));
     if let Some(prompt) = &opts.prompt {
+        notes.extend(clip.truncation(prompt).map(|m| format!("CLIP: {m}")));
         let text = clip.embed_texts(&[prompt.as_str()]).remove(0);
         out.insert("prompt_similarity".into(), json!(metrics::prompt_similarity(&text, &images)?));
     }
@@ -87,9 +89,10 @@ pub fn score(clip: &ClipModel, opts: &ScoreOptions) -> Result<Value> {
         Some(d) => {
             out.insert("diversity".into(), json!(d));
         }
-        None => {
-            out.insert("notes".into(), json!(["diversity needs at least 2 images; 1 was given, so it is left out"]));
-        }
+        None => notes.push("diversity needs at least 2 images; 1 was given, so it is left out".into()),
+    }
+    if !notes.is_empty() {
+        out.insert("notes".into(), json!(notes));
     }
     Ok(Value::Object(out))
 }
@@ -162,6 +165,24 @@ mod tests {
         let mut keys: Vec<&String> = got.as_object().unwrap().keys().collect();
         keys.sort();
         assert_eq!(keys, ["diversity", "n_images"]);
+        std::fs::remove_dir_all(images).unwrap();
+    }
+
+    #[test]
+    fn a_prompt_longer_than_clip_reads_is_noted() {
+        let images = folder("long-prompt", &[("x.png", 0), ("y.png", 1)]);
+        let clip = model();
+        let words = clip.tokenizer.max_len() + 3;
+        let long = vec!["red"; words].join(" ");
+        let got = score(&clip, &ScoreOptions { images: images.clone(), prompt: Some(long), ..Default::default() }).unwrap();
+        let note = got["notes"][0].as_str().unwrap_or_else(|| panic!("no note in {got}"));
+        let (read, dropped) = (clip.tokenizer.max_len() - 2, words + 2 - clip.tokenizer.max_len());
+        assert!(
+            note.contains(&format!("has {words} tokens")) && note.contains(&format!("reads {read} of them and drops the last {dropped}")),
+            "{note}"
+        );
+        let short = score(&clip, &ScoreOptions { images: images.clone(), prompt: Some("red".into()), ..Default::default() }).unwrap();
+        assert!(short.get("notes").is_none(), "{short}");
         std::fs::remove_dir_all(images).unwrap();
     }
 

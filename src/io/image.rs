@@ -116,7 +116,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     limits.max_image_height = Some(crate::limits::MAX_IMAGE_SIDE);
     limits.max_alloc = Some(crate::limits::MAX_IMAGE_PIXELS * 8);
     reader.limits(limits);
-    let img = reader.decode().with_context(|| format!("cannot decode image {}", path.display()))?;
+    // The image crate's decoding errors repeat their cause in their own message.
+    let img = reader.decode().map_err(|e| anyhow::anyhow!("cannot decode image {}: {e}", path.display()))?;
     Ok(img.into_rgb8())
 }
 

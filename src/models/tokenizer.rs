@@ -145,6 +145,15 @@ impl ClipTokenizer {
         out
     }
 
+    /// What a text encoder that reads `max_len` tokens (BOS and EOS included) leaves out of
+    /// `text`: a sentence with the counts, or `None` when it reads all of it.
+    pub fn truncation(&self, text: &str, max_len: usize) -> Option<String> {
+        let (len, room) = (self.encode(text).len(), max_len.saturating_sub(2));
+        (len > room).then(|| {
+            format!("the prompt has {len} tokens; the text encoder reads {room} of them and drops the last {}: {text:?}", len - room)
+        })
+    }
+
     pub fn bos_id(&self) -> u32 {
         self.bos_id
     }

@@ -148,15 +148,8 @@ impl StableDiffusion {
     /// tokens are dropped (as AUTOMATIC1111 and diffusers do).
     pub fn warn_if_truncated(&self, prompts: &[&str]) {
         let n = self.tokenizer.max_len().min(self.text_encoder.config.max_position_embeddings);
-        for p in prompts {
-            let len = self.tokenizer.encode(p).len();
-            if len + 2 > n {
-                eprintln!(
-                    "warning: the prompt has {len} tokens; the text encoder reads {} of them and drops the last {}: {p:?}",
-                    n - 2,
-                    len + 2 - n
-                );
-            }
+        for m in prompts.iter().filter_map(|p| self.tokenizer.truncation(p, n)) {
+            eprintln!("warning: {m}");
         }
     }
 
