@@ -3,12 +3,16 @@
 //!
 //! * Input images: at most [`MAX_IMAGE_SIDE`] pixels a side and [`MAX_IMAGE_PIXELS`] pixels,
 //!   read from the header before decoding, and no resize that would exceed that pixel count.
+//! * Image counts: at most [`MAX_IMAGES`] images of one `generate`, seeds per evaluation prompt.
 //! * Generated and training images: at most [`MAX_GENERATE_SIDE`] pixels a side, and a rough
 //!   memory estimate of the run ([`generation_bytes`]) must fit in the memory available:
 //!   `MemAvailable` of `/proc/meminfo`, lowered by the process's address-space limit when one is
 //!   set, or `CATLORA_MEMORY_LIMIT` (bytes, or with a K / M / G suffix) when given.
 use anyhow::{Context, Result, bail};
 use std::path::Path;
+
+/// The most images one `generate` call makes, and the most seeds per prompt of an evaluation.
+pub const MAX_IMAGES: usize = 100_000;
 
 /// The longest side of an image file catlora decodes.
 pub const MAX_IMAGE_SIDE: u32 = 16384;

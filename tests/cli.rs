@@ -222,7 +222,9 @@ fn demo_refuses_bad_settings_before_any_work() {
     fails(&["demo", "--out", &out, "--guided-cfg=-1"], &["--guided-cfg -1", "positive"]);
     fails(&["demo", "--out", &out, "--guided-cfg", "nan"], &["--guided-cfg NaN"]);
     fails(&["demo", "--out", &out, "--cfg", "0"], &["--cfg 0", "positive"]);
-    fails(&["demo", "--out", &out, "--seeds", "1"], &["--seeds 1", "at least 2"]);
+    fails(&["demo", "--out", &out, "--seeds", "1"], &["--seeds 1", "use 2 to 100000"]);
+    fails(&["demo", "--out", &out, "--seeds", "99999999999"], &["--seeds 99999999999", "use 2 to 100000"]);
+    fails(&["demo", "--out", &out, "--seed", "18446744073709551615"], &["--seed 18446744073709551615", "overflows"]);
     fails(&["demo", "--out", &out, "--jobs", "0"], &["--jobs 0", "at least 1"]);
     fails(&["demo", "--out", &out, "--preserve-every", "0"], &["--preserve-every 0", "out of range"]);
     assert!(!dir.join("out").exists(), "a refused demo wrote files");

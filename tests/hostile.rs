@@ -148,6 +148,37 @@ fn absurd_sizes_are_refused_before_allocating() {
         &["--rank 1000000000"],
     );
     refused(&["generate", "--model", &model, "--prompt", "x", "--num-images", "99999999999", "--out", &out], 1, &["--num-images"]);
+    // Evaluation seeds: too many to list, or past the last u64; settings checked before any image.
+    let prompts = root.path().join("prompts.txt");
+    std::fs::write(&prompts, "a cat\n").unwrap();
+    let (clip, lora) =
+        (fixtures().join("tiny-clip").display().to_string(), fixtures().join("lora-kohya/lora.safetensors").display().to_string());
+    let p = prompts.display().to_string();
+    let eval = [
+        "eval",
+        "--model",
+        &model,
+        "--clip",
+        &clip,
+        "--adapter",
+        &lora,
+        "--data",
+        &clip,
+        "--trigger",
+        "sks",
+        "--prompts",
+        &p,
+        "--out",
+        &out,
+    ];
+    refused(&[&eval[..], &["--seeds", "99999999999"]].concat(), 1, &["--seeds 99999999999"]);
+    refused(
+        &[&eval[..], &["--seeds", "3", "--first-seed", "18446744073709551614"]].concat(),
+        1,
+        &["--first-seed 18446744073709551614", "overflows"],
+    );
+    refused(&[&eval[..], &["--steps", "0", "--resolution", "64"]].concat(), 1, &["--steps", "0 sampling steps"]);
+    assert!(!root.path().join("out").exists(), "a refused evaluation wrote files");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 use anyhow::{Context, Result, bail};
 use catlora::adapters::{lora, lora_file};
 use catlora::io::image::tensor_to_rgb8;
+use catlora::limits::MAX_IMAGES;
 use catlora::pipeline::infotext::save_with_infotext;
 use catlora::pipeline::model::{ModelConfigs, StableDiffusion};
 use catlora::pipeline::txt2img::{self, GenerateParams};
@@ -105,9 +106,6 @@ pub fn parse_lora(s: &str) -> Result<LoraArg, String> {
 fn stem(p: &Path) -> String {
     p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
-
-/// The most images one call generates.
-const MAX_IMAGES: usize = 100_000;
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     if !a.cfg.is_finite() {

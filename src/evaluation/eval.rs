@@ -11,6 +11,7 @@ use crate::adapters::run_paths::RunPaths;
 use crate::captions::{contains_phrase, remove_trigger};
 use crate::io::folder_name;
 use crate::io::image::load_rgb;
+use crate::limits::MAX_IMAGES;
 use crate::pipeline::infotext::save_with_infotext;
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::txt2img::{GenerateParams, generate_seeded};
@@ -161,8 +162,14 @@ pub fn evaluate(opts: &EvalOptions, progress: impl FnMut(&str)) -> Result<Genera
 pub fn evaluate_all(runs: &[EvalOptions], workers: usize, mut progress: impl FnMut(&str)) -> Result<Vec<Generated>> {
     let first = runs.first().context("no evaluation to run")?;
     for opts in runs {
-        if opts.seeds < 2 {
-            bail!("--seeds must be at least 2: diversity compares images of one prompt");
+        if !(2..=MAX_IMAGES).contains(&opts.seeds) {
+            bail!("--seeds {}: use 2 to {MAX_IMAGES} (diversity compares images of one prompt)", opts.seeds);
+        }
+        if opts.first_seed.checked_add(opts.seeds as u64 - 1).is_none() {
+            bail!("--first-seed {} with --seeds {}: the last seed overflows u64", opts.first_seed, opts.seeds);
+        }
+        if !opts.cfg.is_finite() {
+            bail!("--cfg {} is not a finite number", opts.cfg);
         }
         if opts.prompts.is_empty() {
             bail!("no prompts to evaluate");
@@ -179,6 +186,7 @@ pub fn evaluate_all(runs: &[EvalOptions], workers: usize, mut progress: impl FnM
     let set = load_set()?;
     for opts in runs {
         set.sd.check_size(opts.resolution, opts.resolution)?;
+        crate::schedulers::make(opts.sampler, &set.sd.scheduler, opts.steps).context("--steps and --sampler")?;
     }
     // Loaded before the long generation so that a bad CLIP folder fails at once.
     let clip = ClipModel::load(&first.clip, &device)?;

@@ -21,6 +21,7 @@
 use super::{reading, world};
 use crate::evaluation::eval::{EvalOptions, EvalResults, Generated, evaluate_all, write_outputs};
 use crate::io::image::{RgbImage, load_rgb, save_png};
+use crate::limits::MAX_IMAGES;
 use crate::schedulers::SamplerKind;
 use crate::training::config::{Concept, Method, PreserveWeight, SavePrecision, TrainConfig};
 use crate::training::objective::{LossTerms, Preserve};
@@ -100,7 +101,14 @@ impl DemoOptions {
         let guidance = |g: f64| g.is_finite() && g > 0.0;
         let checks = [
             ("the demo needs at least 1 image of the personal object".to_string(), self.images == 0),
-            (format!("--seeds {}: at least 2 seeds per prompt (diversity compares images of one prompt)", self.seeds), self.seeds < 2),
+            (
+                format!("--seeds {}: use 2 to {MAX_IMAGES} seeds per prompt (diversity compares images of one prompt)", self.seeds),
+                !(2..=MAX_IMAGES).contains(&self.seeds),
+            ),
+            (
+                format!("--seed {} with --seeds {}: the last evaluation seed overflows u64", self.seed, self.seeds),
+                self.seed.checked_add((self.seeds as u64).saturating_sub(1)).is_none(),
+            ),
             (format!("--cfg {}: guidance must be a positive number", self.cfg), !guidance(self.cfg)),
             (format!("--jobs {}: at least 1", self.jobs), self.jobs == 0),
             (
