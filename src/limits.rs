@@ -3,6 +3,8 @@
 //!
 //! * Input images: at most [`MAX_IMAGE_SIDE`] pixels a side and [`MAX_IMAGE_PIXELS`] pixels,
 //!   read from the header before decoding, and no resize that would exceed that pixel count.
+//! * Text files: at most [`MAX_TEXT_BYTES`], and only regular files (a device or a pipe could be
+//!   read forever).
 //! * Image counts: at most [`MAX_IMAGES`] images of one `generate`, seeds per evaluation prompt.
 //! * Generated and training images: at most [`MAX_GENERATE_SIDE`] pixels a side, and a rough
 //!   memory estimate of the run ([`generation_bytes`]) must fit in the memory available:
@@ -13,6 +15,10 @@ use std::path::Path;
 
 /// The most images one `generate` call makes, and the most seeds per prompt of an evaluation.
 pub const MAX_IMAGES: usize = 100_000;
+
+/// The largest text file catlora reads: configs, tokenizer files, prompt and caption files (SD's
+/// largest, `tokenizer.json`, is about 2 MB).
+pub const MAX_TEXT_BYTES: u64 = 64 << 20;
 
 /// The longest side of an image file catlora decodes.
 pub const MAX_IMAGE_SIDE: u32 = 16384;

@@ -148,6 +148,10 @@ fn absurd_sizes_are_refused_before_allocating() {
         &["--rank 1000000000"],
     );
     refused(&["generate", "--model", &model, "--prompt", "x", "--num-images", "99999999999", "--out", &out], 1, &["--num-images"]);
+    // Benchmarks: timing lists, thread pools and UNet passes too large to allocate.
+    refused(&["bench", "--unet", &model, "--iters", "99999999999999"], 1, &["--iters 99999999999999"]);
+    refused(&["bench", "--unet", &model, "--threads", "100000"], 1, &["--threads 100000"]);
+    refused(&["bench", "--sd15", "--pixels", "4096"], 1, &["sd15-4096", "GB"]);
     // Evaluation seeds: too many to list, or past the last u64; settings checked before any image.
     let prompts = root.path().join("prompts.txt");
     std::fs::write(&prompts, "a cat\n").unwrap();
@@ -178,6 +182,11 @@ fn absurd_sizes_are_refused_before_allocating() {
         &["--first-seed 18446744073709551614", "overflows"],
     );
     refused(&[&eval[..], &["--steps", "0", "--resolution", "64"]].concat(), 1, &["--steps", "0 sampling steps"]);
+    // Text inputs that never end or are too large are refused before they are read.
+    refused(&[&eval[..11], &["--prompts", "/dev/zero"], &eval[13..]].concat(), 1, &["/dev/zero", "not a regular file"]);
+    let big = broken_model(root.path(), "unet/config.json", |_| {});
+    std::fs::File::options().write(true).open(big.join("unet/config.json")).unwrap().set_len(65 << 20).unwrap();
+    refused(&generate_args(big.to_str().unwrap(), &out), 1, &["unet/config.json", "68157440 bytes", "64 MiB"]);
     assert!(!root.path().join("out").exists(), "a refused evaluation wrote files");
 }
 

@@ -129,6 +129,24 @@ impl BenchCase {
         crate::device::parse(&self.device)
     }
 
+    /// Refuses a case whose UNet passes with a graph would not fit in memory, `passes` UNet
+    /// batches at once (2 for a batched CAT step), before any child process allocates.
+    pub fn check_memory(&self, passes: usize) -> Result<()> {
+        let cfg = self.config()?;
+        let shape = crate::limits::RunShape {
+            latent: (self.latent, self.latent),
+            batch: self.batch.saturating_mul(passes),
+            unet_channels: cfg.block_out_channels.first().copied().unwrap_or(0),
+            // The benchmarks run the UNet alone.
+            vae_channels: 0,
+            vae_factor: 1,
+            heads: cfg.heads()?.into_iter().max().unwrap_or(1),
+            training: true,
+        };
+        let what = format!("the UNet passes of benchmark case `{}` ({}x{} latents)", self.name, self.latent, self.latent);
+        crate::limits::check_memory(crate::limits::generation_bytes(&shape), &what)
+    }
+
     /// Loads the case's UNet on its device.
     pub fn load_unet(&self) -> Result<(UNet, UNetConfig)> {
         let device = self.device()?;

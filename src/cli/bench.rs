@@ -61,14 +61,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(json) = &a.case {
         return bench::child_main(json);
     }
-    if a.iters == 0 {
-        bail!("--iters must be at least 1");
+    // Bounds that keep the timing lists and thread pools allocatable.
+    const MAX_ITERS: usize = 10_000;
+    const MAX_THREADS: usize = 1024;
+    if !(1..=MAX_ITERS).contains(&a.iters) {
+        bail!("--iters {}: use 1 to {MAX_ITERS}", a.iters);
     }
-    if a.threads == Some(0) {
-        bail!("--threads must be at least 1");
+    if let Some(n) = a.threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
+        bail!("--threads {n}: use 1 to {MAX_THREADS}");
     }
-    if a.pixels == 0 || !a.pixels.is_multiple_of(64) {
-        bail!("--pixels {}: give a positive multiple of 64", a.pixels);
+    if a.pixels == 0 || !a.pixels.is_multiple_of(64) || a.pixels > catlora::limits::MAX_GENERATE_SIDE {
+        bail!("--pixels {}: give a positive multiple of 64, at most {}", a.pixels, catlora::limits::MAX_GENERATE_SIDE);
     }
     // Refuse an unknown or unbuilt device here, not in every child.
     catlora::device::parse(&a.device)?;
@@ -95,6 +98,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for c in &mut cases {
         c.device = a.device.clone();
         c.precision = a.precision;
+        c.check_memory(if a.train { 2 } else { 1 })?;
     }
     let names: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     if names.len() != cases.len() {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// Reads and parses a JSON config file, naming the file on failure.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
 }
 

@@ -290,7 +290,7 @@ fn load_tokenizer_json(path: &Path) -> Result<Loaded> {
 }
 
 fn load_merges_txt(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(i, line)| !(line.trim().is_empty() || *i == 0 && line.starts_with("#version")))
@@ -304,7 +304,7 @@ fn load_merges_txt(path: &Path) -> Result<Vec<(String, String)>> {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 

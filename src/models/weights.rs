@@ -32,7 +32,7 @@ impl Weights {
         }
         let index = dir.join(format!("{stem}.safetensors.index.json"));
         if index.is_file() {
-            let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+            let text = crate::io::read_text(&index).with_context(|| format!("cannot read {}", index.display()))?;
             let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
             let map =
                 v.get("weight_map").and_then(|m| m.as_object()).with_context(|| format!("{}: no `weight_map` object", index.display()))?;

@@ -92,7 +92,7 @@ impl Default for SchedulerConfig {
 
 /// Reads and checks a `scheduler_config.json`.
 pub fn load(path: &Path) -> Result<SchedulerConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path).with_context(|| format!("cannot read {}", path.display()))?;
     SchedulerConfig::from_json(&text).with_context(|| format!("{}: bad scheduler config", path.display()))
 }
 

@@ -369,7 +369,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Reads a TOML file of settings (the same names as the command-line options, with `_`).
     pub fn from_toml(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::io::read_text(path).with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_toml_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
     }
 

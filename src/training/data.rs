@@ -50,7 +50,7 @@ pub fn read_concept(c: &Concept, sizes: &[(usize, usize)], random_crop: bool, ca
     for path in list_images(&c.data)? {
         let txt = caption_path(&path, caption_extension);
         let caption = if txt.is_file() {
-            Some(std::fs::read_to_string(&txt).with_context(|| format!("cannot read caption {}", txt.display()))?)
+            Some(crate::io::read_text(&txt).with_context(|| format!("cannot read caption {}", txt.display()))?)
         } else {
             if let Some(other) = CAPTION_EXTENSIONS.iter().map(|e| caption_path(&path, e)).find(|p| p.is_file()) {
                 bail!(
