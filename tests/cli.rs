@@ -381,6 +381,8 @@ fn kohya_folder_layout_caption_extension_and_adapter_metadata() {
     // A sample size the model cannot make is refused before any training step.
     let huge = ["--sample-every", "1", "--sample-prompt", "sks --w 100 --h 64"];
     fails(&[&base[..], &huge].concat(), &["sample prompt `sks --w 100 --h 64`", "100x64"]);
+    let long = ["--sample-every", "1", "--sample-prompt", "sks --s 5000"];
+    fails(&[&base[..], &long].concat(), &["sample prompt `sks --s 5000`", "5000 sampling steps"]);
     assert!(!out.exists(), "nothing written for a refused run");
     // Shuffled captions are encoded per step (the path text-encoder training takes).
     run.extend(["--caption-extension", ".caption", "--save-precision", "bf16", "--sample-every", "2", "--sample-prompts", &pf]);

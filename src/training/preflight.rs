@@ -122,10 +122,13 @@ pub fn preflight(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Option<chec
         configs.check_run(w, h, cfg.batch * passes, true, &what)?;
     }
     if cfg.sample_every > 0 {
-        // Every sample's size now, not at the step that first samples (guided: two latents).
+        // Every sample's size and sampler now, not at the step that first samples (guided: two
+        // latents).
+        let scheduler = crate::schedulers::load(&cfg.model.join("scheduler").join("scheduler_config.json"))?;
         for line in &cfg.sample_prompts {
             let p = sample_prompt::parse(line, &GenerateParams { width: cfg.resolution, height: cfg.resolution, ..Default::default() })?;
             configs.check_run(p.width, p.height, 2, false, &format!("sample prompt `{line}`"))?;
+            crate::schedulers::make(p.sampler, &scheduler, p.steps).with_context(|| format!("sample prompt `{line}`"))?;
         }
     }
     Ok(ck)
