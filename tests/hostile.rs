@@ -152,6 +152,7 @@ fn absurd_sizes_are_refused_before_allocating() {
     refused(&["bench", "--unet", &model, "--iters", "99999999999999"], 1, &["--iters 99999999999999"]);
     refused(&["bench", "--unet", &model, "--threads", "100000"], 1, &["--threads 100000"]);
     refused(&["bench", "--sd15", "--pixels", "4096"], 1, &["sd15-4096", "GB"]);
+    refused(&["toy", "pretrain", "--out", &out, "--steps-scale", "1e30"], 1, &["--steps-scale", "at most 1000"]);
     // Evaluation seeds: too many to list, or past the last u64; settings checked before any image.
     let prompts = root.path().join("prompts.txt");
     std::fs::write(&prompts, "a cat\n").unwrap();

@@ -41,7 +41,12 @@ struct PretrainArgs {
 pub fn run(a: ToyArgs) -> Result<()> {
     match a.command {
         ToyCommand::Pretrain(p) => {
-            anyhow::ensure!(p.steps_scale > 0.0 && p.steps_scale.is_finite(), "--steps-scale must be positive, not {}", p.steps_scale);
+            // 1000 times the committed schedule is weeks of CPU time; more is a typo.
+            anyhow::ensure!(
+                p.steps_scale > 0.0 && p.steps_scale <= 1000.0,
+                "--steps-scale {}: use a number above 0, at most 1000",
+                p.steps_scale
+            );
             let opts = PretrainOptions { seed: p.seed, reuse_clip: p.reuse_clip, reuse_vae: p.reuse_vae, ..PretrainOptions::default() }
                 .scaled(p.steps_scale);
             let report = pretrain(&p.out, &opts)?;
