@@ -225,6 +225,11 @@ fn demo_refuses_bad_settings_before_any_work() {
     fails(&["demo", "--out", &out, "--seeds", "1"], &["--seeds 1", "use 2 to 100000"]);
     fails(&["demo", "--out", &out, "--seeds", "99999999999"], &["--seeds 99999999999", "use 2 to 100000"]);
     fails(&["demo", "--out", &out, "--seed", "18446744073709551615"], &["--seed 18446744073709551615", "overflows"]);
+    // --models without a CLIP folder beside the pipeline.
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(fixtures().join("tiny-sd"), models.join("sd")).unwrap();
+    fails(&["demo", "--out", &out, "--models", models.to_str().unwrap()], &["clip/config.json"]);
     fails(&["demo", "--out", &out, "--jobs", "0"], &["--jobs 0", "at least 1"]);
     fails(&["demo", "--out", &out, "--preserve-every", "0"], &["--preserve-every 0", "out of range"]);
     assert!(!dir.join("out").exists(), "a refused demo wrote files");

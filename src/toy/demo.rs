@@ -306,6 +306,9 @@ pub fn run(opts: &DemoOptions, models: &Path, progress: &mut dyn DemoProgress) -
     let sd = models.join("sd");
     let clip = models.join("clip");
     let resolution = world::SIZE;
+    // The model folders (--models) are checked before anything is written.
+    crate::pipeline::model::ModelConfigs::read(&sd)?.check_size(resolution, resolution).with_context(|| format!("{}", sd.display()))?;
+    crate::evaluation::clip::ClipModel::load(&clip, &crate::device::parse(&opts.device)?)?;
 
     let runs = train_configs(opts, models);
     progress.stage(&format!("drawing {} images of the personal object into {}", opts.images, data.display()));
