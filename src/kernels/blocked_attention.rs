@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 /// Elements of one block's score matrix, `batch · heads · rows · keys`: 64 MB in float32, so the
 /// backward's three block-sized temporaries stay near 200 MB whatever the resolution.
-const BLOCK_SCORES: usize = 1 << 24;
+pub const BLOCK_SCORES: usize = 1 << 24;
 
 /// Query rows per block for `b` samples, `heads` heads and `m` keys, at most `n`.
 pub fn block_rows(b: usize, heads: usize, n: usize, m: usize) -> usize {
