@@ -148,9 +148,10 @@ pub struct RunShape {
 /// bytes (f32). The UNet keeps about four dozen first-level activations alive (skips included)
 /// without a graph, and eight times that with one (measured with SD 1.5 at 512 px on flex, above
 /// the loaded weights: forward 233 MB, the size of 44 first-level activations; forward and
-/// backward 1.58 GB, 300 of them). Attention holds at most three blocks of scores at once on every backend (the flex
-/// kernel, PyTorch's fused kernels, the wgpu backends' blocks), never a whole score matrix, and
-/// its graph keeps none. The VAE keeps about eight activations of its full-resolution level.
+/// backward 1.58 GB, 300 of them). Attention holds at most three blocks of scores at once on
+/// every backend (the flex kernel, PyTorch's fused kernels, the wgpu backends' blocks), never a
+/// whole score matrix, and its graph keeps none. The VAE keeps about eight activations of its
+/// full-resolution level.
 pub fn generation_bytes(s: &RunShape) -> u64 {
     let latent_px = (s.latent.0 as u64).saturating_mul(s.latent.1 as u64);
     let level = latent_px.saturating_mul(s.unet_channels as u64).saturating_mul(4);
